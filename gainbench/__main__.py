@@ -1,0 +1,3 @@
+from gainbench.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""``python -m gainbench`` / ``gainbench``: a thin Hydra entry that calls :func:`gainbench.protocol.run`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from gainbench.errors import GainbenchError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CHOICE_GROUPS = ("model", "method", "sequence", "train", "eval", "experiment", "logger")
+
+
+def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Fail early, in one line, on ``model=nope``; Hydra's own message is a page long."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in CHOICE_GROUPS or value in ("", "null"):
+            continue
+        options = sorted(p.stem for p in (config_dir / key).glob("*.yaml"))
+        for choice in value.split(","):  # multirun: model=a,b
+            if choice not in options:
+                raise GainbenchError(f"unknown {key} '{choice}'; choose one of: {', '.join(options)} "
+                                     f"(or add configs/{key}/{choice}.yaml)")
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from gainbench.protocol import run
+
+    try:
+        run(cfg)
+    except GainbenchError as err:
+        _fail(err)
+
+
+def _fail(err: Exception) -> None:
+    print(f"gainbench: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    # Keep hub lookups from hanging when the user has already said there is no network.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        check_group_choices(sys.argv[1:])
+    except GainbenchError as err:
+        _fail(err)
+    _hydra_main()

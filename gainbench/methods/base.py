@@ -1,0 +1,78 @@
+"""The interface every adaptation method implements, and the registry that names them.
+
+A method knows nothing of stages or sequences. Per stage the protocol calls::
+
+    trainable = method.attach(model)         # fresh adapter / fresh s = 1; returns the model to train
+    ...train method.trainable_parameters(trainable)...
+    state = method.stage_state(trainable)    # small tensors that reproduce this stage (for resume)
+    model = method.absorb(trainable)         # plain HF model again, same names and count
+
+and on resume, ``method.replay(model, state)`` re-applies a finished stage exactly.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from gainbench.errors import GainbenchError
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return decorate
+
+
+def make_method(name: str, **options) -> Method:
+    if name not in METHODS:
+        raise GainbenchError(f"unknown method '{name}'; known methods: {', '.join(sorted(METHODS))} "
+                             "(add one as gainbench/methods/<name>.py plus configs/method/<name>.yaml)")
+    try:
+        return METHODS[name](**options)
+    except TypeError as err:
+        raise GainbenchError(f"method '{name}': bad option ({err}); see configs/method/{name}.yaml") from None
+
+
+class Method:
+    name: ClassVar[str]
+    # AdamW decay pulls toward 0, which is wrong for a multiplicative scale centred on 1.
+    exempt_from_weight_decay: ClassVar[bool] = False
+    # True when stage_state is the whole model (full FT): resume needs only the latest one.
+    state_is_full_model: ClassVar[bool] = False
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def absorb(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model).items()}
+
+    def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+        """Re-apply a finished stage: attach, load its trained tensors, absorb."""
+        attached = self.attach(model)
+        params = self.trainable_parameters(attached)
+        missing = set(params) ^ set(state)
+        if missing:
+            raise GainbenchError(f"saved stage state does not fit method '{self.name}' "
+                                 f"(mismatched tensors: {sorted(missing)[:3]}); delete the run folder "
+                                 "to start over")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name])
+        return self.absorb(attached)
+
+
+def count_parameters(params) -> int:
+    return sum(p.numel() for p in params)

@@ -1,0 +1,65 @@
+"""LoRA and (IA)^3 through HF PEFT, merged into the weights after every stage."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from gainbench.methods.base import Method, register
+from gainbench.models.architectures import ROLE_SUFFIXES
+
+
+def _module_suffixes(model: nn.Module, targets):
+    """Roles (``attn_out``, ``ffn_down``) become module suffixes; ``None`` keeps PEFT's default."""
+    if targets is None:
+        return None
+    roles = ROLE_SUFFIXES.get(model.config.model_type, {})
+    return [roles.get(t, t) for t in targets]
+
+
+def _is_gpt2_conv1d(model: nn.Module) -> bool:
+    return model.config.model_type == "gpt2"  # Conv1D stores [in, out]: PEFT needs fan_in_fan_out
+
+
+class _PeftMethod(Method):
+    def absorb(self, model: nn.Module) -> nn.Module:
+        merged = model.merge_and_unload()
+        for p in merged.parameters():
+            p.requires_grad_(True)
+        return merged
+
+
+@register("lora")
+class LoRA(_PeftMethod):
+    """Low-rank ``W + (alpha/r) B A`` on ``targets`` (null: PEFT's default modules per family)."""
+
+    def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05, targets=None):
+        self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.targets = list(targets) if targets is not None else None
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=_module_suffixes(model, self.targets),
+            fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+
+@register("ia3")
+class IA3(_PeftMethod):
+    """(IA)^3 as a GAIN reference: a ones-initialised vector scaling the outputs of ``targets``."""
+
+    exempt_from_weight_decay = True
+
+    def __init__(self, targets=("attn_out",)):
+        self.targets = list(targets)
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        from peft import IA3Config, get_peft_model
+
+        suffixes = _module_suffixes(model, self.targets)
+        config = IA3Config(target_modules=suffixes, feedforward_modules=[],
+                           fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM")
+        return get_peft_model(model, config)

@@ -1,0 +1,104 @@
+"""Continual-learning metrics: pure functions over the loss matrix (DESIGN.md section 4).
+
+``L`` is a ``(T+1, T)`` array: ``L[k, j-1]`` is the pooled mean NLL per token (nats) of domain
+``j``'s validation tokens after stage ``k``; row 0 is the base model, domain ``j`` is trained
+at stage ``j``. Stages and domains are 1-based in the formulas below, as in the paper.
+Percent changes of perplexity are computed in log space: ``100 * (exp(dL) - 1)``.
+Negative loss or PPL changes are improvements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _pct(delta_nll):
+    return 100.0 * np.expm1(delta_nll)
+
+
+def _checked(L) -> np.ndarray:
+    L = np.asarray(L, dtype=float)
+    if L.ndim != 2 or L.shape[0] != L.shape[1] + 1:
+        raise ValueError(f"loss matrix must be (T+1, T), got {L.shape}")
+    return L
+
+
+def in_domain_change(L) -> np.ndarray:
+    """dPPL%_in[k] = 100 * (exp(L[k][k] - L[k-1][k]) - 1), k = 1..T.
+
+    The PPL change that stage k's training makes on its own domain; negative = adapted.
+    """
+    L = _checked(L)
+    k = np.arange(1, L.shape[0])
+    return _pct(L[k, k - 1] - L[k - 1, k - 1])
+
+
+def earlier_domain_change_vs_base(L) -> np.ndarray:
+    """dPPL%_vs_base[j] = 100 * (exp(L[T][j] - L[0][j]) - 1), j = 1..T-1.
+
+    Final PPL of each earlier domain against the base model; negative = better than base.
+    """
+    L = _checked(L)
+    T = L.shape[1]
+    return _pct(L[T, : T - 1] - L[0, : T - 1])
+
+
+def earlier_domain_change_vs_trained(L) -> np.ndarray:
+    """dPPL%_vs_trained[j] = 100 * (exp(L[T][j] - L[j][j]) - 1), j = 1..T-1.
+
+    Final PPL of each earlier domain against right after it was trained; positive = forgot.
+    """
+    L = _checked(L)
+    T = L.shape[1]
+    j = np.arange(1, T)
+    return _pct(L[T, j - 1] - L[j, j - 1])
+
+
+def backward_transfer(L) -> float:
+    """BWT (Lopez-Paz & Ranzato 2017), in loss: mean over j < T of (L[j][j] - L[T][j]).
+
+    Negative = forgetting (loss rose after later stages), positive = later stages helped.
+    """
+    L = _checked(L)
+    T = L.shape[1]
+    j = np.arange(1, T)
+    return float(np.mean(L[j, j - 1] - L[T, j - 1]))
+
+
+def forward_transfer(L) -> float:
+    """FWT, in loss, against the base model: mean over j > 1 of (L[0][j] - L[j-1][j]).
+
+    Positive = the stages before j already lowered domain j's loss before it was trained.
+    """
+    L = _checked(L)
+    j = np.arange(2, L.shape[1] + 1)
+    return float(np.mean(L[0, j - 1] - L[j - 1, j - 1]))
+
+
+def forgetting(L) -> float:
+    """Forgetting (Chaudhry et al. 2018), in loss: mean over j < T of
+    (L[T][j] - min over l < T of L[l][j]), with l = 0..T-1 (the base model included).
+
+    Positive = final loss above the best loss the domain ever had; 0 = nothing forgotten.
+    """
+    L = _checked(L)
+    T = L.shape[1]
+    return float(np.mean(L[T, : T - 1] - L[:T, : T - 1].min(axis=0)))
+
+
+def final_ppl_geomean(L) -> float:
+    """exp(mean over j of L[T][j]): the geometric mean of the final perplexities."""
+    L = _checked(L)
+    return float(np.exp(L[-1].mean()))
+
+
+def loss_matrix(rows: pd.DataFrame, domains: list[str] | None = None) -> pd.DataFrame:
+    """The ``(T+1, T)`` NLL matrix of one run from its tidy rows (index: stage, columns: domains
+    in sequence order)."""
+    nll = rows[(rows["eval_kind"] == "ppl") & (rows["metric"] == "nll")]
+    matrix = nll.pivot_table(index="stage", columns="eval_name", values="value", aggfunc="first")
+    if domains is None:
+        order = rows[rows["stage"] > 0].sort_values("stage")["stage_domain"].drop_duplicates()
+        domains = list(order) + [d for d in matrix.columns if d not in set(order)]
+    return matrix[domains]

@@ -1,0 +1,3 @@
+from gainbench.models.loading import ModelSpec, context_length, load_model
+
+__all__ = ["ModelSpec", "context_length", "load_model"]

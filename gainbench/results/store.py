@@ -1,0 +1,90 @@
+"""One run's folder: ``rows.parquet`` (tidy, one measurement per row), ``run.json``
+(provenance and progress) and ``stages/`` (the tensors that reproduce each finished stage).
+
+Every write is atomic (temp file + rename). A stage counts as done only once its rows are on
+disk *and* ``run.json`` lists it; rows of an unmarked stage are dropped on load, so a job killed
+at any point resumes from the last finished stage with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_domain",
+               "eval_kind", "eval_name", "metric", "value", "stderr", "n"]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+    _atomic_write(path, write)
+
+
+class RunStore:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.rows_path = self.run_dir / "rows.parquet"
+        self.meta_path = self.run_dir / "run.json"
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def meta(self) -> dict:
+        return json.loads(self.meta_path.read_text()) if self.exists() else {}
+
+    def finished_stages(self) -> list[int]:
+        return list(self.meta().get("finished_stages", []))
+
+    def rows(self) -> pd.DataFrame:
+        if not self.rows_path.exists():
+            return pd.DataFrame(columns=ROW_COLUMNS)
+        rows = pd.read_parquet(self.rows_path)
+        return rows[rows["stage"].isin(self.finished_stages())].reset_index(drop=True)
+
+    def save_stage_state(self, stage: int, state: dict[str, torch.Tensor],
+                         keep_only_latest: bool = False) -> None:
+        path = self.stage_state_path(stage)
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        if keep_only_latest:  # a full model copy per stage would not fit on disk for 7B+
+            for old in path.parent.glob("stage_*.safetensors"):
+                if old != path:
+                    old.unlink()
+
+    def load_stage_state(self, stage: int) -> dict[str, torch.Tensor]:
+        return load_file(self.stage_state_path(stage))
+
+    def stage_state_path(self, stage: int) -> Path:
+        return self.run_dir / "stages" / f"stage_{stage}.safetensors"
+
+    def finish_stage(self, stage: int, stage_rows: list[dict], meta: dict) -> None:
+        """Write the stage's rows, then mark it done in run.json (the resume point)."""
+        new = pd.DataFrame(stage_rows, columns=ROW_COLUMNS)
+        old = self.rows()
+        rows = new if old.empty else pd.concat([old, new], ignore_index=True)
+        _atomic_write(self.rows_path, lambda tmp: rows.to_parquet(tmp, index=False))
+        _atomic_write(self.run_dir / "rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
+        meta = dict(meta)
+        meta["finished_stages"] = sorted(set(self.finished_stages()) | {stage})
+        write_json(self.meta_path, meta)

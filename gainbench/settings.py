@@ -1,0 +1,115 @@
+"""The resolved Hydra config, turned into plain values the pieces below the protocol take.
+
+Hydra's DictConfig stops here: models, methods, data, training and evaluation never see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from gainbench.data.domains import DomainSpec
+from gainbench.errors import GainbenchError
+from gainbench.models import ModelSpec
+from gainbench.training.loop import TrainSettings
+
+# Keys that say where results go or how they are shown, not what is measured: they do not
+# change the run id, so a rerun with another logger or results folder resumes the same run.
+NON_IDENTITY_KEYS = ("results_dir", "logger", "device", "progress")
+
+
+@dataclass(frozen=True)
+class LmEvalSettings:
+    tasks: tuple[str, ...]
+    num_fewshot: int = 0
+    limit: int | None = None
+    batch_size: int = 8
+    stages: str | tuple[int, ...] = "all"   # all | first_last | none | explicit stage numbers
+
+    def runs_at(self, stage: int, last_stage: int) -> bool:
+        if not self.tasks or self.stages == "none":
+            return False
+        if self.stages == "all":
+            return True
+        if self.stages == "first_last":
+            return stage in (0, last_stage)
+        return stage in self.stages
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    run_id: str
+    seed: int
+    model: ModelSpec
+    method_name: str
+    method_options: dict
+    sequence_name: str
+    domains: tuple[DomainSpec, ...]
+    seq_len: int
+    train_tokens: int
+    val_tokens: int
+    train: TrainSettings
+    eval_batch_size: int
+    lm_eval: LmEvalSettings
+    resolved_config: dict
+
+
+def to_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def run_id_for(config: dict) -> str:
+    """``<model>-<method>-<sequence>-seed<seed>-<hash of everything that changes results>``."""
+    identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    name = f"{config['model']['name']}-{config['method']['name']}-{config['sequence']['name']}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + f"-seed{config['seed']}-{digest[:8]}"
+
+
+def settings_from_config(cfg) -> RunSettings:
+    config = to_container(cfg)
+    sequence, train, evaluation = config["sequence"], config["train"], config["eval"]
+    domain_table = sequence.get("domains") or {}
+    order = list(sequence.get("order") or domain_table)
+    unknown = [d for d in order if d not in domain_table]
+    if unknown:
+        raise GainbenchError(f"sequence '{sequence['name']}' has no domain(s) {unknown}; known: "
+                             f"{sorted(domain_table)} (set sequence.order to a subset of them)")
+    if not order:
+        raise GainbenchError(f"sequence '{sequence['name']}' has no domains; set sequence.order")
+    domains = tuple(DomainSpec(name=name, **domain_table[name]) for name in order)
+    method = dict(config["method"])
+    lm_eval = dict(evaluation.get("lm_eval") or {})
+    stages = lm_eval.get("stages", "all")
+    return RunSettings(
+        run_id=run_id_for(config),
+        seed=int(config["seed"]),
+        model=ModelSpec(**config["model"]),
+        method_name=method.pop("name"),
+        method_options=method.get("options") or {},
+        sequence_name=sequence["name"],
+        domains=domains,
+        seq_len=int(train["seq_len"]),
+        train_tokens=int(train["tokens_per_stage"]),
+        val_tokens=int(evaluation["val_tokens"]),
+        train=TrainSettings(
+            lr=float(train["lr"]), batch_size=int(train["batch_size"]),
+            weight_decay=float(train.get("weight_decay", 0.0)),
+            schedule=train.get("schedule", "cosine"),
+            warmup_fraction=float(train.get("warmup_fraction", 0.1)),
+            max_grad_norm=float(train.get("max_grad_norm", 1.0)),
+        ),
+        eval_batch_size=int(evaluation.get("batch_size", 8)),
+        lm_eval=LmEvalSettings(
+            tasks=tuple(lm_eval.get("tasks") or ()),
+            num_fewshot=int(lm_eval.get("num_fewshot", 0)),
+            limit=lm_eval.get("limit"),
+            batch_size=int(lm_eval.get("batch_size", 8)),
+            stages=stages if isinstance(stages, str) else tuple(int(s) for s in stages),
+        ),
+        resolved_config=config,
+    )

@@ -1,0 +1,77 @@
+"""One stage of training: one pass over the stage's token budget, in seeded order."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from gainbench.errors import GainbenchError
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lr: float
+    batch_size: int = 4
+    weight_decay: float = 0.0
+    schedule: str = "cosine"          # any transformers scheduler name
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GainbenchError(f"train.lr must be a positive number, got {self.lr}")
+        if self.batch_size < 1:
+            raise GainbenchError(f"train.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class StageTraining:
+    steps: int
+    tokens: int
+    mean_loss: float
+    final_loss: float
+    seconds: float
+
+
+def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tensor,
+                settings: TrainSettings, seed: int, exempt_from_weight_decay: bool = False,
+                desc: str = "train") -> StageTraining:
+    """Train ``params`` of ``model`` on ``blocks`` (``[n, block_len]``), one epoch, seeded order.
+
+    Raises :class:`GainbenchError` on a non-finite loss rather than writing NaN results.
+    """
+    device = next(model.parameters()).device
+    decay = 0.0 if exempt_from_weight_decay else settings.weight_decay
+    optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=decay,
+                                  betas=settings.betas)
+    steps = math.ceil(len(blocks) / settings.batch_size)
+    scheduler = get_scheduler(settings.schedule, optimizer,
+                              num_warmup_steps=int(settings.warmup_fraction * steps),
+                              num_training_steps=steps)
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+    model.train()
+    losses, start = [], time.perf_counter()
+    progress = tqdm(range(steps), desc=desc, leave=False, disable=None)
+    for step in progress:
+        batch = blocks[order[step * settings.batch_size:(step + 1) * settings.batch_size]].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        if not torch.isfinite(loss):
+            raise GainbenchError(f"{desc}: loss is {loss.item()} at step {step + 1}/{steps}; "
+                                 f"lower train.lr (now {settings.lr}) or use model.dtype=float32")
+        loss.backward()
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    return StageTraining(steps, int(blocks.numel()),
+                         sum(losses) / max(len(losses), 1), losses[-1] if losses else float("nan"),
+                         time.perf_counter() - start)
