@@ -1,0 +1,51 @@
+"""Shared fixtures: offline hub settings, Hydra composition, tiny models."""
+
+import os
+
+# Before transformers/datasets are imported anywhere: a hub call would hang 25-46 s before failing.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from gainbench.cli import CONFIG_DIR  # noqa: E402
+from gainbench.models.tiny import build_tiny_model, train_byte_bpe  # noqa: E402
+
+TINY_ARCHITECTURES = {
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+              "max_position_embeddings": 128},
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128},
+}
+
+SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+    "In the beginning God created the heaven and the earth. def main(): return 0\n"
+) * 20
+
+
+def compose_config(overrides=()):
+    """The config `python -m gainbench <overrides>` would run, through Hydra's compose API."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_byte_bpe([SAMPLE_TEXT], vocab_size=300)
+
+
+@pytest.fixture(params=sorted(TINY_ARCHITECTURES))
+def tiny_model(request, tiny_tokenizer):
+    """A fresh random tiny model per test, for each architecture (Linear and GPT-2 Conv1D)."""
+    return build_tiny_model(TINY_ARCHITECTURES[request.param], tiny_tokenizer, init_seed=0)
+
+
+@pytest.fixture
+def token_batch(tiny_tokenizer):
+    ids = tiny_tokenizer(SAMPLE_TEXT)["input_ids"]
+    return torch.tensor(ids[: 4 * 32]).view(4, 32)
