@@ -56,7 +56,7 @@ def load_model(spec: ModelSpec, device: torch.device,
         from gainbench.models.tiny import build_tiny_model, train_byte_bpe
 
         tokenizer = train_byte_bpe(tokenizer_texts(), spec.tokenizer_vocab_size)
-        model = build_tiny_model(spec.architecture, len(tokenizer), spec.init_seed)
+        model = build_tiny_model(spec.architecture, tokenizer, spec.init_seed)
     else:
         if spec.source == "embedded_smollm2":
             from gainbench.models.embedded import smollm2_folder

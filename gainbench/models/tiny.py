@@ -30,7 +30,7 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTok
     )
 
 
-def build_tiny_model(architecture: dict, vocab_size: int, init_seed: int = 0):
+def build_tiny_model(architecture: dict, tokenizer, init_seed: int = 0):
     """A randomly initialised causal LM from config keys (``model_type`` plus its sizes).
 
     ``init_seed`` is fixed per model config, not per run, so every method and seed starts
@@ -38,7 +38,10 @@ def build_tiny_model(architecture: dict, vocab_size: int, init_seed: int = 0):
     """
     kwargs = dict(architecture)
     model_type = kwargs.pop("model_type")
-    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **kwargs)
+    special = {k: tokenizer.eos_token_id for k in ("bos_token_id", "eos_token_id")}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, **special, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
+    return model.eval()  # as from_pretrained leaves it; training switches to train() itself
