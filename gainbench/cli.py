@@ -28,8 +28,20 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
                                      f"(or add configs/{key}/{choice}.yaml)")
 
 
+def _offline_when_nothing_needs_the_hub(cfg: DictConfig) -> None:
+    """The embedded default needs no hub: say so before transformers is imported, so no
+    library spends time on a lookup that cannot succeed on an offline machine."""
+    from gainbench.evaluation.lm_eval_bridge import list_local_tasks
+
+    tasks = cfg.get("eval", {}).get("lm_eval", {}).get("tasks") or []
+    if cfg.model.source != "hub" and set(tasks) <= set(list_local_tasks()):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    _offline_when_nothing_needs_the_hub(cfg)
     from gainbench.protocol import run
 
     try:
@@ -44,8 +56,7 @@ def _fail(err: Exception) -> None:
 
 
 def main() -> None:
-    # Keep hub lookups from hanging when the user has already said there is no network.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we tokenise in one process
     try:
         check_group_choices(sys.argv[1:])
     except GainbenchError as err:

@@ -94,11 +94,18 @@ def _device(name: str) -> torch.device:
 
 
 def _setup_model_and_data(settings: RunSettings, device):
-    documents = {spec.name: read_documents(spec) for spec in settings.domains}
+    # Model first, so a bad model id fails before any data is read; tiny models fit their
+    # BPE to the training text, so documents are read lazily and only once.
+    documents: dict[str, list] = {}
 
-    def tokenizer_texts():  # tiny models fit their BPE to training text only, never validation
+    def documents_of(spec):
+        if spec.name not in documents:
+            documents[spec.name] = read_documents(spec)
+        return documents[spec.name]
+
+    def tokenizer_texts():  # training text only, never validation
         for spec in settings.domains:
-            train_docs, _ = split_documents(documents[spec.name], spec.validation_percent)
+            train_docs, _ = split_documents(documents_of(spec), spec.validation_percent)
             yield from (d.text for d in train_docs[:200])
 
     model, tokenizer = load_model(settings.model, device, tokenizer_texts)
@@ -108,7 +115,7 @@ def _setup_model_and_data(settings: RunSettings, device):
                              f"'{settings.model.name}' accepts ({limit} positions); "
                              f"set train.seq_len<={limit}")
     domains = [prepare_domain(spec, tokenizer, settings.seq_len, settings.train_tokens,
-                              settings.val_tokens, documents[spec.name])
+                              settings.val_tokens, documents_of(spec))
                for spec in settings.domains]
     return model, tokenizer, domains
 

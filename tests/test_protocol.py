@@ -1,0 +1,156 @@
+"""The protocol end to end on the tiny model: the smoke preset, resume after a kill, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import gainbench.protocol as protocol
+from gainbench.errors import GainbenchError
+from gainbench.protocol import run
+from tests.conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+DOMAINS = ["wiki_history", "kjv_bible", "icd10_medical", "python_code", "wiki_biology",
+           "python_docs", "wiki_french", "wiki_technology"]
+SHORT = "sequence.order=[kjv_bible,icd10_medical,python_code]"
+
+
+def test_smoke_preset_runs_the_whole_protocol(tmp_path, capsys):
+    run_dir = run(compose_config(["experiment=smoke", f"results_dir={tmp_path}"]))
+    rows = pd.read_parquet(run_dir / "rows.parquet")
+    meta = json.loads((run_dir / "run.json").read_text())
+
+    assert meta["finished_stages"] == list(range(9))
+    ppl = rows[rows.eval_kind == "ppl"]
+    # every domain after every stage, three metrics each
+    assert len(ppl) == 9 * 8 * 3
+    assert set(ppl.groupby("stage").eval_name.nunique()) == {8}
+    assert set(ppl.metric) == {"nll", "ppl", "bpb"} and (ppl.value > 0).all()
+    assert list(rows[rows.stage > 0].drop_duplicates("stage").stage_domain) == DOMAINS
+    downstream = rows[rows.eval_kind == "lm_eval"]
+    assert sorted(downstream.stage.unique()) == list(range(9))
+    assert set(downstream.eval_name) == {"gb_boolq_mini", "gb_sciq_mini"}
+    assert downstream.value.between(0, 1).all() and (downstream.n == 16).all()
+    trainable = rows[(rows.eval_kind == "train") & (rows.metric == "trainable_params")]
+    assert set(trainable.value) == {2 * 2 * 64} == {meta["trainable_params"]}  # gain_ffn: 2 layers x 2 x 64
+
+    # provenance
+    assert meta["config"]["model"]["name"] == "tiny-llama"
+    assert meta["versions"]["torch"] and meta["versions"]["lm_eval"]
+    assert meta["lm_eval"]["task_versions"]["gb_boolq_mini"] is not None
+    assert set(meta["domains"]) == set(DOMAINS)
+    assert all(d["val_fingerprint"] for d in meta["domains"].values())
+    assert set(meta["stage_seconds"]) == {str(s) for s in range(9)}
+
+    out = capsys.readouterr().out
+    assert "Validation perplexity" in out and "BWT" in out
+
+    # a finished run says so and changes nothing
+    before = (run_dir / "rows.parquet").read_bytes()
+    run(compose_config(["experiment=smoke", f"results_dir={tmp_path}"]))
+    assert "already finished" in capsys.readouterr().out
+    assert (run_dir / "rows.parquet").read_bytes() == before
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL/preemption: not an Exception, so nothing catches it."""
+
+
+@pytest.mark.parametrize("method", ["gain_ffn", "lora", "full_ft"])
+def test_resume_after_a_kill_gives_the_same_rows(tmp_path, monkeypatch, method):
+    overrides = ["experiment=smoke", SHORT, f"method={method}", "eval.lm_eval.stages=[0,3]"]
+    reference_dir = run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
+
+    real_train_stage = protocol.train_stage
+    calls = []
+
+    def train_then_die_at_stage_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return real_train_stage(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_stage", train_then_die_at_stage_2)
+    killed = compose_config(overrides + [f"results_dir={tmp_path / 'b'}"])
+    with pytest.raises(Killed):
+        run(killed)
+    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
+    run_dir = tmp_path / "b" / reference_dir.name
+    assert json.loads((run_dir / "run.json").read_text())["finished_stages"] == [0, 1]
+
+    resumed_dir = run(killed)
+    assert resumed_dir == run_dir
+    measured = ["stage", "eval_kind", "eval_name", "metric"]
+    reference = pd.read_parquet(reference_dir / "rows.parquet")
+    resumed = pd.read_parquet(resumed_dir / "rows.parquet")
+    keep = ~reference.metric.isin(["train_seconds"])  # wall time differs, nothing else may
+    pd.testing.assert_frame_equal(reference[keep].reset_index(drop=True),
+                                  resumed[~resumed.metric.isin(["train_seconds"])].reset_index(drop=True))
+    assert len(resumed.drop_duplicates(measured)) == len(resumed)
+
+
+def _bad_run(tmp_path, *overrides):
+    return compose_config(["experiment=smoke", SHORT, f"results_dir={tmp_path}", *overrides])
+
+
+def test_an_empty_domain_fails_before_any_results_are_written(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    cfg = _bad_run(tmp_path / "results", "~sequence.domains.kjv_bible.source",
+                   f"+sequence.domains.kjv_bible.source={{kind: local_files, paths: '{tmp_path}/*.txt'}}")
+    with pytest.raises(GainbenchError, match="domain 'kjv_bible' is empty"):
+        run(cfg)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_sequence_longer_than_the_context_is_refused(tmp_path):
+    with pytest.raises(GainbenchError, match=r"seq_len=1024 is longer than .* \(512 positions\)"):
+        run(_bad_run(tmp_path / "results", "train.seq_len=1024"))
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_nan_loss_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
+    real_train_stage = protocol.train_stage
+
+    def poisoned(model, params, blocks, settings, **kwargs):
+        for p in params.values():
+            p.data.fill_(float("nan"))
+        return real_train_stage(model, params, blocks, settings, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_stage", poisoned)
+    with pytest.raises(GainbenchError, match=r"loss is nan at step 1/.*lower train.lr"):
+        run(_bad_run(tmp_path))
+    # stage 0 finished and is kept; the failed stage left no rows
+    assert json.loads(next(tmp_path.glob("*/run.json")).read_text())["finished_stages"] == [0]
+
+
+def _cli(*args, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "gainbench", *args, f"results_dir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["method=dora"], "unknown method 'dora'; choose one of: "),
+    (["model=gpt5"], "unknown model 'gpt5'; choose one of: "),
+    (["sequence=nine"], "unknown sequence 'nine'; choose one of: "),
+    (["experiment=smoke", "model=qwen2.5"], "cannot load model 'qwen2.5' from HF hub id 'Qwen/Qwen2.5-7B'"),
+])
+def test_cli_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, args, message):
+    result = _cli(*args, tmp_path=tmp_path / "results")
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("gainbench: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_prints_the_resolved_config(tmp_path):
+    result = _cli("--cfg", "job", "model=qwen2.5", "method=gain_ffn", "train.lr=1e-3", "seed=2",
+                  tmp_path=tmp_path)
+    assert result.returncode == 0
+    assert "name_or_path: Qwen/Qwen2.5-7B" in result.stdout and "lr: 0.001" in result.stdout
