@@ -41,7 +41,7 @@ def run(cfg) -> Path:
 
     device = _device(settings.resolved_config.get("device", "auto"))
     model, tokenizer, domains = _setup_model_and_data(settings, device)
-    meta = store.meta() or _initial_meta(settings, device, domains)
+    meta = store.meta() or _initial_meta(settings, model, device, domains)
     mirror = WandbMirror(settings.resolved_config.get("logger") or {}, settings.run_id, store.run_dir)
     if done:
         print(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
@@ -59,6 +59,7 @@ def run(cfg) -> Path:
             training = train_stage(adapted, params, domain.train_blocks, settings.train,
                                    seed=_stage_seed(settings.seed, stage),
                                    exempt_from_weight_decay=method.exempt_from_weight_decay,
+                                   regularization=lambda: method.regularization(adapted),
                                    desc=f"stage {stage}/{last_stage} train {domain.name}")
             store.save_stage_state(stage, method.stage_state(adapted),
                                    keep_only_latest=method.state_is_full_model)
@@ -166,15 +167,17 @@ def _with_run_columns(row: dict, settings: RunSettings, stage: int) -> dict:
             "stderr": float("nan"), **row}
 
 
-def _initial_meta(settings: RunSettings, device, domains: list[DomainData]) -> dict:
+def _initial_meta(settings: RunSettings, model, device, domains: list[DomainData]) -> dict:
     return {
         "run_id": settings.run_id,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": settings.resolved_config,
         "git": provenance.git_state(),
         "versions": provenance.package_versions(),
         "device": str(device),
         "host": platform.node(),
         "domains": {d.name: d.info for d in domains},
+        "model_params": count_parameters(model.parameters()),
         "trainable_params": None,
         "stage_seconds": {},
         "finished_stages": [],

@@ -56,6 +56,10 @@ class Method:
     def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
+    def regularization(self, model: nn.Module) -> torch.Tensor | None:
+        """A penalty added to this step's training loss (e.g. pulling GAIN scales to 1), or None."""
+        return None
+
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model).items()}
 

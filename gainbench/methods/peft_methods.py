@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch.nn as nn
+
+# PEFT calls a transformers property that transformers 5 deprecates; the noise hides real warnings.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from gainbench.methods.base import Method, register
 from gainbench.models.architectures import ROLE_SUFFIXES

@@ -12,7 +12,9 @@ from transformers.pytorch_utils import Conv1D
 
 from gainbench.errors import GainbenchError
 
-# role -> module-name suffix inside one decoder block
+# role -> module-name suffix inside one decoder block, per HF ``model_type`` (checked against the
+# transformers 5.24 modeling code and tested on tiny models in tests/models/test_architectures.py).
+# Falcon's FalconLinear subclasses nn.Linear; GPT-2's Conv1D stores [in, out].
 ROLE_SUFFIXES: dict[str, dict[str, str]] = {
     "llama": {"attn_out": "self_attn.o_proj", "ffn_down": "mlp.down_proj"},
     "mistral": {"attn_out": "self_attn.o_proj", "ffn_down": "mlp.down_proj"},
@@ -55,7 +57,8 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Module
         if not matches:
             raise GainbenchError(
                 f"target '{target}' (module suffix '{suffix}') matches no linear module of this "
-                f"{model_type} model; linear modules of one block: {_one_block(linears)}"
+                f"{model_type} model; set method.options.targets to roles (attn_out, ffn_down) or "
+                f"suffixes of one block's linear modules: {_one_block(linears)}"
             )
         found.update(matches)
     return dict(sorted(found.items(), key=lambda kv: _natural_key(kv[0])))
@@ -75,8 +78,10 @@ def _one_block(linears: dict[str, nn.Module]) -> list[str]:
 def _unknown_architecture_message(model_type, linears) -> str:
     return (
         f"gainbench does not know which modules of model_type '{model_type}' are the attention "
-        f"output and FFN down projections; set method.targets to explicit module suffixes, "
-        f"chosen from one block's linear modules: {_one_block(linears)}"
+        f"output and FFN down projections; name the method targets explicitly with "
+        f"method.options.targets=[<suffix>,...] (or add the family to ROLE_SUFFIXES in "
+        f"gainbench/models/architectures.py), choosing suffixes from one block's linear modules: "
+        f"{_one_block(linears)}"
     )
 
 

@@ -41,12 +41,25 @@ class StageTraining:
 
 def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tensor,
                 settings: TrainSettings, seed: int, exempt_from_weight_decay: bool = False,
-                desc: str = "train") -> StageTraining:
+                regularization=None, desc: str = "train") -> StageTraining:
     """Train ``params`` of ``model`` on ``blocks`` (``[n, block_len]``), one epoch, seeded order.
+
+    ``regularization``, if given, is called each step; a tensor it returns is added to the loss
+    (e.g. GAIN's pull of the scales toward 1). The reported losses are the LM loss alone.
 
     Raises :class:`GainbenchError` on a non-finite loss rather than writing NaN results.
     """
     device = next(model.parameters()).device
+    # Dropout draws from the global RNG: seed it here (and restore it after), so a stage trains
+    # the same whoever calls it, and a resumed run matches an uninterrupted one.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(model, params, blocks, settings, seed, exempt_from_weight_decay,
+                      regularization, desc, device)
+
+
+def _train(model, params, blocks, settings, seed, exempt_from_weight_decay, regularization,
+           desc, device) -> StageTraining:
     decay = 0.0 if exempt_from_weight_decay else settings.weight_decay
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=decay,
                                   betas=settings.betas)
@@ -64,7 +77,8 @@ def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tens
         if not torch.isfinite(loss):
             raise GainbenchError(f"{desc}: loss is {loss.item()} at step {step + 1}/{steps}; "
                                  f"lower train.lr (now {settings.lr}) or use model.dtype=float32")
-        loss.backward()
+        penalty = regularization() if regularization is not None else None
+        (loss if penalty is None else loss + penalty).backward()
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
         optimizer.step()
