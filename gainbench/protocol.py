@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gainbench import provenance
+from gainbench.analysis.column_span import diagnose, snapshot_weights
 from gainbench.data.domains import DomainData, prepare_domain, read_documents, split_documents
 from gainbench.errors import GainbenchError
 from gainbench.evaluation.perplexity import validation_nll
@@ -42,6 +43,9 @@ def run(cfg) -> Path:
     device = _device(settings.resolved_config.get("device", "auto"))
     model, tokenizer, domains = _setup_model_and_data(settings, device)
     meta = store.meta() or _initial_meta(settings, model, device, domains)
+    # The diagnostic compares against the base weights: copy them before any stage changes them.
+    base_weights = (snapshot_weights(model, list(settings.diagnostics.targets))
+                    if settings.diagnostics.stages != "none" and settings.diagnostics.targets else None)
     mirror = WandbMirror(settings.resolved_config.get("logger") or {}, settings.run_id, store.run_dir)
     if done:
         print(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
@@ -67,6 +71,8 @@ def run(cfg) -> Path:
         rows += _evaluate_perplexity(model, domains, settings, stage)
         if settings.lm_eval.runs_at(stage, last_stage):
             rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
+        if settings.diagnostics.runs_at(stage, last_stage):
+            rows += _column_span_rows(model, base_weights, settings)
         if training is not None:
             rows += _training_rows(training, trainable)
         rows = [_with_run_columns(r, settings, stage) for r in rows]
@@ -150,6 +156,13 @@ def _evaluate_lm_eval(model, tokenizer, settings: RunSettings, meta: dict):
                                  limit=lm.limit, batch_size=lm.batch_size, seed=settings.seed)
     meta["lm_eval"] = versions
     return [dict(eval_kind="lm_eval", **row) for row in rows]
+
+
+def _column_span_rows(model, base_weights, settings: RunSettings):
+    """How much of the cumulative update leaves the base weights' spans (DESIGN.md section 2)."""
+    weights, layout = base_weights
+    current, _ = snapshot_weights(model, list(settings.diagnostics.targets), clone=False)
+    return diagnose(weights, current, layout)
 
 
 def _training_rows(training, trainable: int):

@@ -41,6 +41,25 @@ class LmEvalSettings:
 
 
 @dataclass(frozen=True)
+class DiagnosticSettings:
+    """The column-span diagnostic (gainbench.analysis.column_span) of the weights in ``targets``,
+    cumulative against the base model, after the last stage, every stage, or never."""
+
+    targets: tuple[str, ...] = ("attn_out", "ffn_down")
+    stages: str = "last"   # last | all | none
+
+    def __post_init__(self):
+        if self.stages not in ("last", "all", "none"):
+            raise GainbenchError(f"eval.diagnostics.stages must be last, all or none, "
+                                 f"got {self.stages!r}")
+
+    def runs_at(self, stage: int, last_stage: int) -> bool:
+        if stage == 0 or not self.targets or self.stages == "none":
+            return False
+        return self.stages == "all" or stage == last_stage
+
+
+@dataclass(frozen=True)
 class RunSettings:
     run_id: str
     seed: int
@@ -55,6 +74,7 @@ class RunSettings:
     train: TrainSettings
     eval_batch_size: int
     lm_eval: LmEvalSettings
+    diagnostics: DiagnosticSettings
     resolved_config: dict
 
 
@@ -110,6 +130,10 @@ def settings_from_config(cfg) -> RunSettings:
             limit=lm_eval.get("limit"),
             batch_size=int(lm_eval.get("batch_size", 8)),
             stages=stages if isinstance(stages, str) else tuple(int(s) for s in stages),
+        ),
+        diagnostics=DiagnosticSettings(
+            targets=tuple((evaluation.get("diagnostics") or {}).get("targets") or ()),
+            stages=(evaluation.get("diagnostics") or {}).get("stages", "none"),
         ),
         resolved_config=config,
     )

@@ -36,6 +36,17 @@ def test_smoke_preset_runs_the_whole_protocol(tmp_path, capsys):
     assert sorted(downstream.stage.unique()) == list(range(9))
     assert set(downstream.eval_name) == {"gb_boolq_mini", "gb_sciq_mini"}
     assert downstream.value.between(0, 1).all() and (downstream.n == 16).all()
+    diagnostic = rows[rows.eval_kind == "diagnostic"]
+    assert set(diagnostic.stage) == {8}  # cumulative update vs base, after the last stage
+    assert set(diagnostic.metric) == {"span_residual_column", "span_residual_row", "intruder_dims",
+                                      "update_rel_norm"}
+    assert diagnostic.eval_name.nunique() == 2 * 7  # 2 layers x 7 linear modules of a Llama block
+    # output-side GAIN keeps each wrapped matrix's row span (gainbench.analysis.column_span)
+    touched = diagnostic[diagnostic.eval_name.str.contains("o_proj|down_proj")]
+    assert (touched[touched.metric == "span_residual_row"].value < 1e-6).all()
+    assert (touched[touched.metric == "update_rel_norm"].value > 0).all()
+    untouched = diagnostic[~diagnostic.eval_name.str.contains("o_proj|down_proj")]
+    assert (untouched[untouched.metric == "update_rel_norm"].value == 0).all()
     trainable = rows[(rows.eval_kind == "train") & (rows.metric == "trainable_params")]
     assert set(trainable.value) == {2 * 2 * 64} == {meta["trainable_params"]}  # gain_ffn: 2 layers x 2 x 64
 

@@ -39,14 +39,18 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
 def resolve_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Module]:
     """Map target names to the model's linear modules.
 
-    A target is a role (``attn_out``, ``ffn_down``) looked up for the model's family, or an
-    explicit module-name suffix such as ``self_attn.o_proj``. Every target must match at least
-    one linear module.
+    A target is a role (``attn_out``, ``ffn_down``) looked up for the model's family,
+    ``block_linear`` (every linear module inside the numbered decoder blocks, i.e. all but the
+    LM head), or an explicit module-name suffix such as ``self_attn.o_proj``. Every target must
+    match at least one linear module.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     linears = linear_modules(model)
     found: dict[str, nn.Module] = {}
     for target in targets:
+        if target == "block_linear":
+            found.update({n: m for n, m in linears.items() if any(p.isdigit() for p in n.split("."))})
+            continue
         if target in ("attn_out", "ffn_down"):
             if model_type not in ROLE_SUFFIXES:
                 raise GainbenchError(_unknown_architecture_message(model_type, linears))

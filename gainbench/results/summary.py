@@ -37,11 +37,29 @@ def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
                   f"FWT {metrics.forward_transfer(L.values):+.4f} nats   "
                   f"forgetting {metrics.forgetting(L.values):.4f} nats   "
                   f"final PPL (geo-mean) {metrics.final_ppl_geomean(L.values):.2f}"]
+    lines += _diagnostic_lines(rows)
     downstream = rows[rows["eval_kind"] == "lm_eval"]
     if not downstream.empty:
         acc = downstream.pivot_table(index="stage", columns=["eval_name", "metric"], values="value")
         lines += ["", "Downstream (lm-eval) accuracy per stage", acc.round(4).to_string()]
     return "\n".join(lines)
+
+
+def _diagnostic_lines(rows: pd.DataFrame) -> list[str]:
+    diagnostic = rows[rows["eval_kind"] == "diagnostic"]
+    if diagnostic.empty:
+        return []
+    last = diagnostic[diagnostic["stage"] == diagnostic["stage"].max()]
+    table = last.pivot_table(index="eval_name", columns="metric", values="value")
+    changed = table[table["update_rel_norm"] > 0]
+    if changed.empty:
+        return ["", "Column-span diagnostic: no measured matrix changed"]
+    return ["", f"Column-span diagnostic after stage {int(last['stage'].max())}, cumulative vs base, "
+                f"over the {len(changed)} of {len(table)} measured matrices that changed: update "
+                f"{changed['update_rel_norm'].mean():.2e} of |W| (mean), energy outside col(W) "
+                f"{changed['span_residual_column'].mean():.3f}, outside row(W) "
+                f"{changed['span_residual_row'].mean():.3f}, intruder dimensions "
+                f"{int(changed['intruder_dims'].sum())} in all"]
 
 
 def print_summary(rows: pd.DataFrame, domains: list[str]) -> None:
