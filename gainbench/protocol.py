@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from gainbench import provenance
 from gainbench.analysis.column_span import diagnose, snapshot_weights
+from gainbench.data.replay import mix_in_replay
 from gainbench.data.domains import DomainData, prepare_domain, read_documents, split_documents
 from gainbench.errors import GainbenchError
 from gainbench.evaluation.perplexity import validation_nll
@@ -53,33 +55,19 @@ def run(cfg) -> Path:
 
     for stage in range(max(done, default=-1) + 1, last_stage + 1):
         started = time.perf_counter()
-        rows, trainable, training = [], None, None
+        training = None
         if stage > 0:
-            domain = domains[stage - 1]
-            torch.manual_seed(_stage_seed(settings.seed, stage))  # adapter init (e.g. LoRA A)
-            adapted = method.attach(model)
-            params = method.trainable_parameters(adapted)
-            trainable = count_parameters(params.values())
-            training = train_stage(adapted, params, domain.train_blocks, settings.train,
-                                   seed=_stage_seed(settings.seed, stage),
-                                   exempt_from_weight_decay=method.exempt_from_weight_decay,
-                                   regularization=lambda: method.regularization(adapted),
-                                   desc=f"stage {stage}/{last_stage} train {domain.name}")
-            store.save_stage_state(stage, method.stage_state(adapted),
-                                   keep_only_latest=method.state_is_full_model)
-            model = method.absorb(adapted)
-        rows += _evaluate_perplexity(model, domains, settings, stage)
+            model, training = _train_and_absorb(model, method, domains, stage, settings, store)
+        rows = _evaluate_perplexity(model, domains, settings, stage)
         if settings.lm_eval.runs_at(stage, last_stage):
             rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
         if settings.diagnostics.runs_at(stage, last_stage):
             rows += _column_span_rows(model, base_weights, settings)
         if training is not None:
-            rows += _training_rows(training, trainable)
-        rows = [_with_run_columns(r, settings, stage) for r in rows]
+            rows += _training_rows(training)
+            meta["trainable_params"] = training.trainable_params
         meta["stage_seconds"][str(stage)] = round(time.perf_counter() - started, 2)
-        if trainable is not None:
-            meta["trainable_params"] = trainable
-        store.finish_stage(stage, rows, meta)
+        store.finish_stage(stage, [_with_run_columns(r, settings, stage) for r in rows], meta)
         mirror.log_stage(stage, rows)
         print(f"gainbench: stage {stage}/{last_stage} done in {meta['stage_seconds'][str(stage)]} s")
 
@@ -87,6 +75,29 @@ def run(cfg) -> Path:
     print_summary(store.rows(), [d.name for d in settings.domains])
     print(f"gainbench: results in {store.run_dir}")
     return store.run_dir
+
+
+def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: int,
+                      settings: RunSettings, store: RunStore):
+    """Attach a fresh adapter, train it on the stage's domain, save what reproduces the stage,
+    absorb. Returns the plain model and the training statistics."""
+    domain, seed = domains[stage - 1], _stage_seed(settings.seed, stage)
+    torch.manual_seed(seed)  # adapter initialisation (e.g. LoRA's A)
+    adapted = method.attach(model)
+    params = method.trainable_parameters(adapted)
+    blocks = domain.train_blocks
+    if getattr(method, "replay_fraction", 0):  # replay_lora: earlier domains' text mixed in
+        blocks = mix_in_replay(blocks, [d.train_blocks for d in domains[:stage - 1]],
+                               method.replay_fraction, seed=seed)
+    training = train_stage(adapted, params, blocks, settings.train, seed=seed,
+                           exempt_from_weight_decay=method.exempt_from_weight_decay,
+                           regularization=lambda: method.regularization(adapted),
+                           desc=f"stage {stage}/{len(domains)} train {domain.name}")
+    method.after_training(adapted, blocks, settings.train.batch_size)
+    store.save_stage_state(stage, method.stage_state(adapted),
+                           keep_only_latest=method.state_is_full_model)
+    training = dataclasses.replace(training, trainable_params=count_parameters(params.values()))
+    return method.absorb(adapted), training
 
 
 def _stage_seed(seed: int, stage: int) -> int:
@@ -165,9 +176,9 @@ def _column_span_rows(model, base_weights, settings: RunSettings):
     return diagnose(weights, current, layout)
 
 
-def _training_rows(training, trainable: int):
+def _training_rows(training):
     values = {"train_loss_mean": training.mean_loss, "train_loss_final": training.final_loss,
-              "trainable_params": trainable, "train_seconds": training.seconds}
+              "trainable_params": training.trainable_params, "train_seconds": training.seconds}
     return [dict(eval_kind="train", eval_name="train", metric=k, value=float(v), n=training.tokens)
             for k, v in values.items()]
 

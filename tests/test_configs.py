@@ -76,10 +76,10 @@ def test_unknown_domain_in_order_is_a_clear_error():
         settings_from_config(compose_config(["sequence.order=[nope]"]))
 
 
-@pytest.mark.parametrize("arg", ["model=gpt5", "method=dora", "sequence=nine", "experiment=huge",
+@pytest.mark.parametrize("arg", ["model=gpt5", "method=adalora", "sequence=nine", "experiment=huge",
                                  "model=smollm2,gpt5"])
 def test_unknown_group_choice_names_the_options(arg):
-    with pytest.raises(GainbenchError, match=r"unknown \w+ '(gpt5|dora|nine|huge)'; choose one of"):
+    with pytest.raises(GainbenchError, match=r"unknown \w+ '(gpt5|adalora|nine|huge)'; choose one of"):
         check_group_choices([arg])
 
 

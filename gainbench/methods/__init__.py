@@ -1,6 +1,6 @@
 """Adaptation methods, one module each, found by name through the registry in base.py."""
 
-from gainbench.methods import full_ft, gain_method, peft_methods  # noqa: F401  (registers them)
+from gainbench.methods import ewc, full_ft, gain_method, lora_variants, peft_methods  # noqa: F401  (registers them)
 from gainbench.methods.base import METHODS, Method, count_parameters, make_method
 from gainbench.methods.gain import absorb_gain, apply_gain
 

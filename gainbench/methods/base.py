@@ -60,6 +60,9 @@ class Method:
         """A penalty added to this step's training loss (e.g. pulling GAIN scales to 1), or None."""
         return None
 
+    def after_training(self, model: nn.Module, blocks: torch.Tensor, batch_size: int) -> None:
+        """Called once a stage's training ends, before its state is saved (e.g. EWC's Fisher)."""
+
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model).items()}
 

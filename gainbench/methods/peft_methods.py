@@ -37,6 +37,8 @@ class _PeftMethod(Method):
 class LoRA(_PeftMethod):
     """Low-rank ``W + (alpha/r) B A`` on ``targets`` (null: PEFT's default modules per family)."""
 
+    use_dora = False
+
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05, targets=None):
         self.r, self.alpha, self.dropout = r, alpha, dropout
         self.targets = list(targets) if targets is not None else None
@@ -47,24 +49,37 @@ class LoRA(_PeftMethod):
         config = LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
             target_modules=_module_suffixes(model, self.targets),
-            fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM",
+            fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM", use_dora=self.use_dora,
         )
         return get_peft_model(model, config)
 
 
 @register("ia3")
 class IA3(_PeftMethod):
-    """(IA)^3 as a GAIN reference: a ones-initialised vector scaling the outputs of ``targets``."""
+    """(IA)^3 through PEFT: a ones-initialised vector scaling the outputs of ``targets``.
+
+    With ``targets`` given (default: GAIN's ``attn_out``) it computes exactly what GAIN does,
+    an independent cross-check; ``targets: null`` is PEFT's own (IA)^3 recipe for the family
+    (keys, values, and the FFN down projection's *input* side).
+    """
 
     exempt_from_weight_decay = True
 
     def __init__(self, targets=("attn_out",)):
-        self.targets = list(targets)
+        self.targets = list(targets) if targets is not None else None
 
     def attach(self, model: nn.Module) -> nn.Module:
         from peft import IA3Config, get_peft_model
 
         suffixes = _module_suffixes(model, self.targets)
-        config = IA3Config(target_modules=suffixes, feedforward_modules=[],
-                           fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM")
+        explicit = {} if suffixes is None else {"target_modules": suffixes, "feedforward_modules": []}
+        config = IA3Config(**explicit, fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM")
         return get_peft_model(model, config)
+
+
+@register("ia3_peft")
+class IA3PeftDefaults(IA3):
+    """PEFT's default (IA)^3 modules for the family."""
+
+    def __init__(self, targets=None):
+        super().__init__(targets)

@@ -37,6 +37,7 @@ class StageTraining:
     mean_loss: float
     final_loss: float
     seconds: float
+    trainable_params: int | None = None
 
 
 def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tensor,

@@ -86,8 +86,8 @@ def test_lora_count_is_rank_times_in_plus_out_per_target():
 
 
 def test_unknown_method_and_bad_option_are_clear_errors():
-    with pytest.raises(GainbenchError, match="unknown method 'dora'; known methods: "):
-        make_method("dora")
+    with pytest.raises(GainbenchError, match="unknown method 'adalora'; known methods: "):
+        make_method("adalora")
     with pytest.raises(GainbenchError, match="method 'lora': bad option"):
         make_method("lora", rank=8)
 
