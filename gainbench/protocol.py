@@ -21,6 +21,7 @@ from gainbench.data.domains import DomainData, prepare_domain, read_documents, s
 from gainbench.errors import GainbenchError
 from gainbench.evaluation.perplexity import validation_nll
 from gainbench.methods import Method, count_parameters, make_method
+from gainbench.methods.gain import effective_weight
 from gainbench.models import context_length, load_model
 from gainbench.results.store import RunStore
 from gainbench.results.summary import print_summary
@@ -172,7 +173,7 @@ def _evaluate_lm_eval(model, tokenizer, settings: RunSettings, meta: dict):
 def _column_span_rows(model, base_weights, settings: RunSettings):
     """How much of the cumulative update leaves the base weights' spans (DESIGN.md section 2)."""
     weights, layout = base_weights
-    current, _ = snapshot_weights(model, list(settings.diagnostics.targets), clone=False)
+    current = {name: effective_weight(model.get_submodule(name)) for name in weights}
     return diagnose(weights, current, layout)
 
 

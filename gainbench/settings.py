@@ -79,7 +79,13 @@ class RunSettings:
 
 
 def to_container(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise GainbenchError(f"config value(s) {', '.join(missing)} must be set, e.g. "
+                             f"`python -m gainbench ... {missing[0]}=<value>`")
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def run_id_for(config: dict) -> str:

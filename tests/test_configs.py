@@ -17,8 +17,9 @@ def _options(group):
 @pytest.mark.parametrize("method", _options("method"))
 @pytest.mark.parametrize("sequence", _options("sequence"))
 def test_every_combination_composes(model, method, sequence):
+    required = ["model.name_or_path=/some/folder"] if model == "hf" else []
     settings = settings_from_config(compose_config([f"model={model}", f"method={method}",
-                                                    f"sequence={sequence}"]))
+                                                    f"sequence={sequence}", *required]))
     assert settings.model.name == model
     assert settings.method_name == method in METHODS
     assert settings.sequence_name == sequence
@@ -64,6 +65,13 @@ def test_run_id_tracks_what_changes_results_only():
     assert run_id_for(base) == run_id_for(same)
     assert len({run_id_for(base), run_id_for(other_seed), run_id_for(other_lr)}) == 3
     assert run_id_for(base).startswith("smollm2-gain_ffn-embedded8-seed0-")
+
+
+def test_generic_model_needs_its_path():
+    with pytest.raises(GainbenchError, match=r"model.name_or_path must be set"):
+        settings_from_config(compose_config(["model=hf"]))
+    spec = settings_from_config(compose_config(["model=hf", "model.name_or_path=/m"])).model
+    assert spec.name_or_path == "/m" and spec.source == "hub"
 
 
 def test_sequence_order_selects_a_subset():

@@ -179,3 +179,30 @@ def test_every_method_runs_the_protocol(tmp_path, method):
     # training moved the model: the final losses differ from the base model's
     changed = ppl[ppl.stage == 3].value.values - ppl[ppl.stage == 0].value.values
     assert abs(changed).max() > 0
+
+
+def test_gain_with_one_scale_across_stages_resumes_exactly(tmp_path, monkeypatch):
+    overrides = ["experiment=smoke", SHORT, "method=gain_ffn", "+method.options.absorb_each_stage=false",
+                 "eval.lm_eval.stages=none"]
+    reference = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
+                                / "rows.parquet")
+    real_train_stage = protocol.train_stage
+    calls = []
+
+    def die_at_stage_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real_train_stage(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_stage", die_at_stage_3)
+    with pytest.raises(Killed):
+        run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
+    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
+    resumed = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
+                              / "rows.parquet")
+    keep = ["stage", "eval_kind", "eval_name", "metric", "value"]
+    not_timing = reference.metric != "train_seconds"
+    pd.testing.assert_frame_equal(reference[not_timing][keep].reset_index(drop=True),
+                                  resumed[resumed.metric != "train_seconds"][keep].reset_index(drop=True))
+    assert len(list((tmp_path / "b").glob("*/stages/*.safetensors"))) == 1  # only the latest scales

@@ -68,17 +68,28 @@ class GainScaled(nn.Module):
         return y * s.to(y.dtype)
 
     @torch.no_grad()
-    def absorbed(self) -> nn.Module:
-        """Fold the scale into the base weights (in place) and return the plain base module."""
-        weight, bias, s = self.base.weight, self.base.bias, self.gain()
+    def folded_weight(self) -> torch.Tensor:
+        """The base weight with ``s`` folded in, as absorption writes it; the module is unchanged."""
+        weight, s = self.base.weight, self.gain()
         out_dim = 0 if isinstance(self.base, nn.Linear) else 1  # Conv1D is [in, out]
         dim = out_dim if self.side == "output" else 1 - out_dim
         shape = [1, 1]
         shape[dim] = -1
-        weight.copy_((weight.float() * s.view(shape)).to(weight.dtype))
+        return (weight.float() * s.view(shape)).to(weight.dtype)
+
+    @torch.no_grad()
+    def absorbed(self) -> nn.Module:
+        """Fold the scale into the base weights (in place) and return the plain base module."""
+        bias = self.base.bias
+        self.base.weight.copy_(self.folded_weight())
         if bias is not None and self.side == "output":
-            bias.copy_((bias.float() * s).to(bias.dtype))
+            bias.copy_((bias.float() * self.gain()).to(bias.dtype))
         return self.base
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """A linear module's weight as the model computes with it (GAIN's scale folded in)."""
+    return module.folded_weight() if isinstance(module, GainScaled) else module.weight.detach()
 
 
 def _in_out_features(module: nn.Module) -> tuple[int, int]:

@@ -5,6 +5,9 @@ Options (``method.options`` in YAML, keyword arguments of ``make_method``):
 * ``targets``: roles (``attn_out``, ``ffn_down``) or explicit module-name suffixes.
 * ``side``: ``output`` | ``input``, or a ``{target: side}`` dict (unlisted targets: output).
 * ``parametrization``: ``plain`` (train ``s``, init 1) | ``exp`` (train ``u``, init 0, ``s = exp(u)``).
+* ``absorb_each_stage``: true (default) folds ``s`` into the weights after every stage and the
+  next stage starts from ``s = 1``; false keeps training one scale across all stages (the model
+  stays wrapped between stages, and resume needs only the latest scales).
 * ``decay_to_one``: strength of the penalty ``decay_to_one * sum((s - 1)^2)`` over every scale,
   returned by :meth:`Gain.regularization` for the training loop to add to the loss. It replaces
   weight decay, which would pull ``s`` toward 0.
@@ -27,8 +30,11 @@ class Gain(Method):
     exempt_from_weight_decay = True
 
     def __init__(self, targets=("attn_out",), *, side: str | dict = "output",
-                 parametrization: str = "plain", decay_to_one: float = 0.0):
+                 parametrization: str = "plain", decay_to_one: float = 0.0,
+                 absorb_each_stage: bool = True):
         self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.absorb_each_stage = bool(absorb_each_stage)
+        self.state_is_full_model = not self.absorb_each_stage  # the latest scales hold every stage
         self.side = dict(side) if isinstance(side, dict) else side
         self.parametrization = parametrization
         self.decay_to_one = decay_to_one
@@ -55,10 +61,13 @@ class Gain(Method):
             raise bad("decay_to_one", self.decay_to_one, "a number >= 0 (0 disables the penalty)")
 
     def attach(self, model: nn.Module) -> nn.Module:
-        apply_gain(model, self.targets, self.side, self.parametrization)
-        return model
+        if self.absorb_each_stage or not gain_modules(model):
+            apply_gain(model, self.targets, self.side, self.parametrization)
+        return model  # kept across stages: train the same scales further
 
     def absorb(self, model: nn.Module) -> nn.Module:
+        if not self.absorb_each_stage:
+            return model  # evaluated through the wrappers: the same function as absorbed
         absorb_gain(model)
         for p in model.parameters():
             p.requires_grad_(True)  # leave the model as loaded: plain, nothing frozen

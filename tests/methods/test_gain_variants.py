@@ -155,3 +155,31 @@ def test_variants_are_command_line_overrides():
         "method.options.side={ffn_down: input}"]))
     method = make_method(settings.method_name, **settings.method_options)
     assert (method.parametrization, method.decay_to_one, method.side) == ("exp", 1e-3, {"ffn_down": "input"})
+
+
+def test_one_scale_kept_across_stages(tiny_model, token_batch):
+    """absorb_each_stage=False: the same scales train on, the model stays wrapped, and the
+    effective weights equal what absorption would write."""
+    from gainbench.methods import make_method
+    from gainbench.methods.gain import GainScaled, effective_weight
+
+    method = make_method("gain_ffn", absorb_each_stage=False)
+    assert method.state_is_full_model
+    model = method.attach(tiny_model)
+    first = dict(method.trainable_parameters(model))
+    with torch.no_grad():
+        for p in first.values():
+            p.mul_(1.1)
+    model = method.absorb(model)  # a no-op: still wrapped
+    again = method.attach(model)
+    assert dict(method.trainable_parameters(again)).keys() == first.keys()
+    assert all(a is b for a, b in zip(method.trainable_parameters(again).values(), first.values()))
+    wrapped = {n: m for n, m in again.named_modules() if isinstance(m, GainScaled)}
+    folded = {n: effective_weight(m).clone() for n, m in wrapped.items()}
+    with torch.no_grad():
+        logits = again(token_batch).logits
+    make_method("gain_ffn").absorb(again)  # absorbing for real gives the same weights and outputs
+    for name, weight in folded.items():
+        torch.testing.assert_close(again.get_submodule(name).weight, weight)
+    with torch.no_grad():
+        torch.testing.assert_close(again(token_batch).logits, logits, rtol=1e-5, atol=1e-5)
