@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from gainbench.errors import GainbenchError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-CHOICE_GROUPS = ("model", "method", "sequence", "train", "eval", "experiment", "logger")
+CHOICE_GROUPS = ("model", "method", "sequence", "train", "eval", "experiment", "logger", "analysis")
 
 
 def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:

@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from gainbench import provenance
 from gainbench.analysis.column_span import diagnose, snapshot_weights
+from gainbench.analysis.stage_analyses import StageAnalyses
 from gainbench.data.replay import mix_in_replay
 from gainbench.data.domains import DomainData, prepare_domain, read_documents, split_documents
 from gainbench.errors import GainbenchError
-from gainbench.evaluation.perplexity import validation_nll
+from gainbench.evaluation.perplexity import strided_nll, validation_nll
 from gainbench.methods import Method, count_parameters, make_method
 from gainbench.methods.gain import effective_weight
 from gainbench.models import context_length, load_model
@@ -49,21 +50,24 @@ def run(cfg) -> Path:
     # The diagnostic compares against the base weights: copy them before any stage changes them.
     base_weights = (snapshot_weights(model, list(settings.diagnostics.targets))
                     if settings.diagnostics.stages != "none" and settings.diagnostics.targets else None)
+    analyses = _stage_analyses(settings, method, store, domains)
     mirror = WandbMirror(settings.resolved_config.get("logger") or {}, settings.run_id, store.run_dir)
     if done:
         print(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
-        model = _replay_finished_stages(model, method, store, done)
+        model = _replay_finished_stages(model, method, store, done, analyses)
 
     for stage in range(max(done, default=-1) + 1, last_stage + 1):
         started = time.perf_counter()
         training = None
+        analyses.before_stage(model, stage)
         if stage > 0:
             model, training = _train_and_absorb(model, method, domains, stage, settings, store)
         rows = _evaluate_perplexity(model, domains, settings, stage)
         if settings.lm_eval.runs_at(stage, last_stage):
             rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
         if settings.diagnostics.runs_at(stage, last_stage):
-            rows += _column_span_rows(model, base_weights, settings)
+            rows += _column_span_rows(model, base_weights)
+        rows += analyses.after_stage(model, stage)
         if training is not None:
             rows += _training_rows(training)
             meta["trainable_params"] = training.trainable_params
@@ -139,20 +143,42 @@ def _setup_model_and_data(settings: RunSettings, device):
     return model, tokenizer, domains
 
 
-def _replay_finished_stages(model, method: Method, store: RunStore, done: list[int]):
+def _replay_finished_stages(model, method: Method, store: RunStore, done: list[int], analyses):
     stages = [s for s in sorted(done) if s > 0]
     if method.state_is_full_model:
         stages = stages[-1:]  # the latest full copy already contains every earlier stage
     for stage in stages:
+        analyses.before_stage(model, stage)  # rebuild the snapshots an unfinished analysis needs
         model = method.replay(model, store.load_stage_state(stage))
+        analyses.after_stage(model, stage, emit=False)
     return model
+
+
+def _stage_analyses(settings: RunSettings, method: Method, store: RunStore, domains):
+    from gainbench.methods.gain_method import Gain
+
+    analyses = StageAnalyses(
+        settings.analysis, store.run_dir, domains,
+        evaluate=lambda model: _evaluate_perplexity(model, domains, settings, stage=None),
+        load_stage_state=store.load_stage_state,
+        is_gain=isinstance(method, Gain) and method.absorb_each_stage,
+        batch_size=settings.eval_batch_size)
+    analyses.check()
+    return analyses
 
 
 def _evaluate_perplexity(model, domains: list[DomainData], settings: RunSettings, stage: int):
     rows = []
     # disable=None: a bar on a terminal, nothing in a log file
-    for domain in tqdm(domains, desc=f"stage {stage} eval", leave=False, disable=None):
-        result = validation_nll(model, domain.val_blocks, domain.val_bytes, settings.eval_batch_size)
+    for domain in tqdm(domains, desc=f"stage {stage} eval" if stage is not None else "analysis eval",
+                       leave=False, disable=None):
+        if settings.eval_stride:  # sliding window: every token scored once, with up to seq_len context
+            result = strided_nll(model, domain.val_blocks.flatten(), domain.val_stream_bytes,
+                                 context=settings.seq_len, stride=settings.eval_stride,
+                                 batch_size=settings.eval_batch_size)
+        else:
+            result = validation_nll(model, domain.val_blocks, domain.val_bytes,
+                                    settings.eval_batch_size)
         for metric, value in (("nll", result.nll), ("ppl", result.ppl),
                               ("bpb", result.bits_per_byte)):
             rows.append(dict(eval_kind="ppl", eval_name=domain.name, metric=metric, value=value,
@@ -170,11 +196,12 @@ def _evaluate_lm_eval(model, tokenizer, settings: RunSettings, meta: dict):
     return [dict(eval_kind="lm_eval", **row) for row in rows]
 
 
-def _column_span_rows(model, base_weights, settings: RunSettings):
+def _column_span_rows(model, base_weights):
     """How much of the cumulative update leaves the base weights' spans (DESIGN.md section 2)."""
     weights, layout = base_weights
     current = {name: effective_weight(model.get_submodule(name)) for name in weights}
-    return diagnose(weights, current, layout)
+    # computed where the model is (the base copy waits on the CPU, one matrix moved at a time)
+    return diagnose(weights, current, layout, device=next(model.parameters()).device)
 
 
 def _training_rows(training):

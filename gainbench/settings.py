@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from gainbench.analysis.stage_analyses import AnalysisSettings
 from gainbench.data.domains import DomainSpec
 from gainbench.errors import GainbenchError
 from gainbench.models import ModelSpec
@@ -20,6 +21,9 @@ from gainbench.training.loop import TrainSettings
 # Keys that say where results go or how they are shown, not what is measured: they do not
 # change the run id, so a rerun with another logger or results folder resumes the same run.
 NON_IDENTITY_KEYS = ("results_dir", "logger", "device", "progress")
+# `analysis=none` adds no rows and changes no number, so it is left out of the run id too; an
+# enabled analysis is part of it (a run with figures is a different run folder).
+NO_ANALYSIS = {"name": "none"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,10 @@ class RunSettings:
     val_tokens: int
     train: TrainSettings
     eval_batch_size: int
+    eval_stride: int | None   # None: non-overlapping blocks; else a sliding window of seq_len
     lm_eval: LmEvalSettings
     diagnostics: DiagnosticSettings
+    analysis: AnalysisSettings
     resolved_config: dict
 
 
@@ -91,6 +97,8 @@ def to_container(cfg) -> dict:
 def run_id_for(config: dict) -> str:
     """``<model>-<method>-<sequence>-seed<seed>-<hash of everything that changes results>``."""
     identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if identity.get("analysis", NO_ANALYSIS) == NO_ANALYSIS:
+        identity.pop("analysis", None)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     name = f"{config['model']['name']}-{config['method']['name']}-{config['sequence']['name']}"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + f"-seed{config['seed']}-{digest[:8]}"
@@ -130,6 +138,8 @@ def settings_from_config(cfg) -> RunSettings:
             max_grad_norm=float(train.get("max_grad_norm", 1.0)),
         ),
         eval_batch_size=int(evaluation.get("batch_size", 8)),
+        # absent from eval/default.yaml (add it with +eval.stride=N) so default run ids stay put
+        eval_stride=int(evaluation["stride"]) if evaluation.get("stride") else None,
         lm_eval=LmEvalSettings(
             tasks=tuple(lm_eval.get("tasks") or ()),
             num_fewshot=int(lm_eval.get("num_fewshot", 0)),
@@ -141,5 +151,6 @@ def settings_from_config(cfg) -> RunSettings:
             targets=tuple((evaluation.get("diagnostics") or {}).get("targets") or ()),
             stages=(evaluation.get("diagnostics") or {}).get("stages", "none"),
         ),
+        analysis=AnalysisSettings.from_config(config.get("analysis")),
         resolved_config=config,
     )

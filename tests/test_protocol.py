@@ -206,3 +206,73 @@ def test_gain_with_one_scale_across_stages_resumes_exactly(tmp_path, monkeypatch
     pd.testing.assert_frame_equal(reference[not_timing][keep].reset_index(drop=True),
                                   resumed[resumed.metric != "train_seconds"][keep].reset_index(drop=True))
     assert len(list((tmp_path / "b").glob("*/stages/*.safetensors"))) == 1  # only the latest scales
+
+
+@pytest.mark.parametrize("method", ["gain_ffn", "lora"])
+def test_figure_analyses_reproduce_the_protocol_s_own_numbers(tmp_path, method):
+    """Interpolation at alpha 0/1 and the combination grid at (0,0)/(1,1) land on the stages'
+    own perplexities; per-token changes are written as distributions."""
+    run_dir = run(compose_config(["experiment=smoke", SHORT, f"method={method}", "analysis=figures",
+                                  "analysis.per_token.domains=[kjv_bible]",
+                                  "eval.lm_eval.stages=none", f"results_dir={tmp_path}"]))
+    rows = pd.read_parquet(run_dir / "rows.parquet")
+    nll = rows[(rows.eval_kind == "ppl") & (rows.metric == "nll")].set_index(["stage", "eval_name"]).value
+
+    def grid_nll(kind, **point):
+        selected = rows[(rows.eval_kind == kind) & (rows.metric == "nll")]
+        for column, value in point.items():
+            selected = selected[selected[column] == value]
+        return selected.set_index("eval_name").value
+
+    for alpha, stage in ((0.0, 0), (1.0, 1)):
+        pd.testing.assert_series_equal(grid_nll("interpolation", alpha=alpha), nll[stage],
+                                       check_names=False, rtol=1e-5)
+    for (a, b), stage in (((0.0, 0.0), 0), ((1.0, 1.0), 2)):
+        pd.testing.assert_series_equal(grid_nll("combination", a=a, b=b), nll[stage],
+                                       check_names=False, rtol=1e-4)
+    assert len(rows[rows.eval_kind == "combination"].drop_duplicates(["a", "b"])) == 9
+
+    per_token = rows[rows.eval_kind == "per_token"]
+    assert set(per_token.stage) == {1} and set(per_token.eval_name) == {"kjv_bible"}
+    mean_change = per_token[per_token.metric == "dloss_mean_vs_stage0"].value.item()
+    assert mean_change == pytest.approx(nll[(1, "kjv_bible")] - nll[(0, "kjv_bible")], abs=2e-3)
+    assert sorted(p.name for p in (run_dir / "per_token").glob("*.npy")) == [
+        "stage0_kjv_bible.npy", "stage1_kjv_bible.npy"]
+
+
+def test_figure_analyses_survive_a_kill_between_their_stages(tmp_path, monkeypatch):
+    overrides = ["experiment=smoke", SHORT, "method=lora", "analysis=figures",
+                 "analysis.per_token.domains=[kjv_bible]", "eval.lm_eval.stages=none"]
+    reference = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
+                                / "rows.parquet")
+    real_train_stage = protocol.train_stage
+    calls = []
+
+    def die_at_stage_2(*args, **kwargs):  # between the combination's stages A=1 and B=2
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return real_train_stage(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_stage", die_at_stage_2)
+    with pytest.raises(Killed):
+        run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
+    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
+    resumed = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
+                              / "rows.parquet")
+    grid = ["eval_kind", "eval_name", "metric", "a", "b", "value"]
+    combination = reference[reference.eval_kind == "combination"][grid].reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed[resumed.eval_kind == "combination"][grid].reset_index(drop=True),
+                                  combination)
+
+
+def test_strided_perplexity_scores_every_token_once_with_more_context(tmp_path):
+    overrides = ["experiment=smoke", SHORT, "eval.lm_eval.stages=none", "eval.diagnostics.stages=none"]
+    blocks = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path}/a"])) / "rows.parquet")
+    strided = pd.read_parquet(run(compose_config(overrides + ["+eval.stride=16", f"results_dir={tmp_path}/b"]))
+                              / "rows.parquet")
+    nll = (blocks.eval_kind == "ppl") & (blocks.metric == "nll")
+    snll = (strided.eval_kind == "ppl") & (strided.metric == "nll")
+    assert (strided[snll].n.values == 512 - 1).all()           # every validation token but the first
+    assert (blocks[nll].n.values == (512 // 64) * 63).all()    # each block's first token unscored
+    assert strided.run_id.iloc[0] != blocks.run_id.iloc[0]

@@ -37,6 +37,7 @@ class DomainData:
     val_blocks: torch.Tensor     # [n_val, block_len] token ids
     val_bytes: int               # UTF-8 bytes of the predicted validation tokens (for bits per byte)
     info: dict = field(default_factory=dict)  # provenance for run.json
+    val_stream_bytes: int = 0    # the same when the blocks are scored as one stream (strided PPL)
 
 
 def _unit_interval(doc_id: str) -> float:
@@ -116,4 +117,5 @@ def prepare_domain(spec: DomainSpec, tokenizer, block_len: int, train_tokens: in
     }
     if train.numel() < train_tokens:
         info["note"] = f"train text ran out: {train.numel()} of {train_tokens} budgeted tokens"
-    return DomainData(spec.name, train, val, predicted_bytes(val, tokenizer), info)
+    return DomainData(spec.name, train, val, predicted_bytes(val, tokenizer), info,
+                      val_stream_bytes=predicted_bytes(val.view(1, -1), tokenizer))

@@ -47,3 +47,58 @@ def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 
         total += float(nll.double())
     model.train(was_training)
     return PooledNLL(total, blocks.size(0) * (blocks.size(1) - 1), n_bytes)
+
+
+def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
+    """``(begin, first)`` per window: it reads ``tokens[begin:begin + min(context, n)]`` and scores
+    its targets from in-window position ``first`` on (the ones no earlier window scored)."""
+    width = min(context, n)
+    begins = list(range(0, n - width + 1, stride))
+    if begins[-1] + width < n:
+        begins.append(n - width)  # a last full window flush with the end, not a short one
+    windows, scored_until = [], 0
+    for begin in begins:
+        # Position 0 of a window has no context inside it and is never a target.
+        windows.append((begin, max(scored_until - begin, 1)))
+        scored_until = begin + width
+    return windows
+
+
+@torch.inference_mode()
+def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride: int,
+                batch_size: int = 8) -> PooledNLL:
+    """Pooled NLL of a 1-D token stream with a sliding window (the HF "perplexity of
+    fixed-length models" recipe).
+
+    Windows of ``context`` tokens start every ``stride`` tokens; each scores only the tokens no
+    earlier window scored, so no token is scored twice, and each with the most context the window
+    allows (at least ``context - stride`` tokens, after the first window). With
+    ``stride < context`` every token but the first is scored (``n_tokens == len(tokens) - 1``).
+    ``stride == context`` gives non-overlapping windows whose first tokens have no context and
+    are left out: exactly :func:`validation_nll` on ``tokens.view(-1, context)``. A tail shorter
+    than a window is scored by one last window that ends at the last token.
+    """
+    if tokens.dim() != 1 or len(tokens) < 2:
+        raise ValueError(f"strided_nll needs a 1-D stream of at least 2 tokens, got shape {tuple(tokens.shape)}")
+    if not 1 <= stride <= context or context < 2:
+        raise ValueError(f"strided_nll needs 1 <= stride <= context and context >= 2, got "
+                         f"stride={stride}, context={context} (a stride past the window skips tokens)")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    windows = _windows(len(tokens), context, stride)
+    width = min(context, len(tokens))
+    total, n_scored = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        batch = torch.stack([tokens[b:b + width] for b, _ in chunk]).to(device)
+        logits = model(input_ids=batch).logits[:, :-1]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+        # Target j + 1 of a window is scored when j + 1 >= that window's first scored position.
+        firsts = torch.tensor([f for _, f in chunk], device=device)
+        keep = torch.arange(1, width, device=device)[None, :] >= firsts[:, None]
+        # Summed in float64 per window batch, so batching changes only rounding in the last digits.
+        total += float(nll.double()[keep].sum())
+        n_scored += int(keep.sum())
+    model.train(was_training)
+    return PooledNLL(total, n_scored, n_bytes)

@@ -18,7 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_domain",
-               "eval_kind", "eval_name", "metric", "value", "stderr", "n"]
+               "eval_kind", "eval_name", "metric", "value", "stderr", "n",
+               # grid coordinates of the figure analyses (interpolation alpha; combination a, b)
+               "alpha", "a", "b"]
 
 
 def _atomic_write(path: Path, write) -> None:
