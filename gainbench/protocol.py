@@ -191,7 +191,8 @@ def _evaluate_lm_eval(model, tokenizer, settings: RunSettings, meta: dict):
 
     lm = settings.lm_eval
     rows, versions = run_lm_eval(model, tokenizer, list(lm.tasks), num_fewshot=lm.num_fewshot,
-                                 limit=lm.limit, batch_size=lm.batch_size, seed=settings.seed)
+                                 limit=lm.limit, batch_size=lm.batch_size, seed=settings.seed,
+                                 include_path=lm.include_path)
     meta["lm_eval"] = versions
     return [dict(eval_kind="lm_eval", **row) for row in rows]
 

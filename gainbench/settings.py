@@ -33,6 +33,7 @@ class LmEvalSettings:
     limit: int | None = None
     batch_size: int = 8
     stages: str | tuple[int, ...] = "all"   # all | first_last | none | explicit stage numbers
+    include_path: str | None = None        # a folder of the user's own task YAMLs
 
     def runs_at(self, stage: int, last_stage: int) -> bool:
         if not self.tasks or self.stages == "none":
@@ -146,6 +147,7 @@ def settings_from_config(cfg) -> RunSettings:
             limit=lm_eval.get("limit"),
             batch_size=int(lm_eval.get("batch_size", 8)),
             stages=stages if isinstance(stages, str) else tuple(int(s) for s in stages),
+            include_path=lm_eval.get("include_path"),  # +eval.lm_eval.include_path=DIR
         ),
         diagnostics=DiagnosticSettings(
             targets=tuple((evaluation.get("diagnostics") or {}).get("targets") or ()),

@@ -60,11 +60,12 @@ class _DropExpected(logging.Filter):
 
 
 @cache
-def _task_manager(local_only: bool):
+def _task_manager(local_only: bool, include_path: str | None = None):
     """Built once per process: indexing the built-in tasks walks 14,000+ YAML files."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not local_only)
+    paths = [str(TASKS_DIR)] + ([str(include_path)] if include_path else [])
+    return TaskManager(include_path=paths, include_defaults=not local_only)
 
 
 def _count(results: dict, name: str) -> int:
@@ -114,13 +115,15 @@ def run_lm_eval(
     limit: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    include_path: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Evaluate ``model`` (already on its device) on lm-eval ``tasks``.
 
     Returns ``(rows, provenance)``: one row per (task, metric) as
     ``{"eval_name", "metric", "value", "stderr" (nan if lm-eval gives none), "n"}``, and
     ``{"lm_eval_version", "task_versions", "n_shot", "configs_hash"}``.
-    ``limit`` caps the examples per task (the first ``limit`` of each).
+    ``limit`` caps the examples per task (the first ``limit`` of each). ``include_path``: a
+    folder of the user's own lm-eval task YAMLs, indexed beside gainbench's offline tasks.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -130,8 +133,9 @@ def run_lm_eval(
     if not tasks:
         raise GainbenchError("no lm-eval tasks given; name at least one, e.g. gb_boolq_mini")
     local = list_local_tasks()
-    local_only = all(t in local for t in tasks)
-    manager = _task_manager(local_only)
+    local_manager = _task_manager(True, include_path)
+    local_only = all(t in local_manager.all_tasks for t in tasks)
+    manager = local_manager if local_only else _task_manager(False, include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise GainbenchError(

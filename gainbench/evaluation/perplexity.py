@@ -40,11 +40,13 @@ def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 
     total = 0.0
     for start in range(0, len(blocks), batch_size):
         batch = blocks[start:start + batch_size].to(device)
-        logits = model(input_ids=batch).logits[:, :-1]
-        # fp32 and float64 accumulation: the sum over many tokens must not depend on batching.
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                              batch[:, 1:].reshape(-1), reduction="sum")
-        total += float(nll.double())
+        logits = model(input_ids=batch).logits
+        # Targets shifted left, the last position ignored: scoring the full logits tensor avoids
+        # copying a [:, :-1] slice of it (the largest tensor of the pass: batch x len x vocab).
+        targets = F.pad(batch[:, 1:], (0, 1), value=-100)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                              ignore_index=-100, reduction="sum")
+        total += float(nll.double())  # accumulated in float64: the sum must not depend on batching
     model.train(was_training)
     return PooledNLL(total, blocks.size(0) * (blocks.size(1) - 1), n_bytes)
 

@@ -152,3 +152,20 @@ def test_rows_from_lm_eval_results():
     assert set(rows) == {("grp", "acc"), ("t1", "acc"), ("t1", "exact_match,strict-match")}
     assert math.isnan(rows["grp", "acc"]["stderr"]) and rows["grp", "acc"]["n"] == 7
     assert rows["t1", "acc"] == {"eval_name": "t1", "metric": "acc", "value": 0.25, "stderr": 0.1, "n": 3}
+
+
+def test_users_own_tasks_through_an_include_path(tiny_model, tiny_tokenizer, tmp_path):
+    """A task folder of the user's, indexed beside ours, runs offline like ours."""
+    import shutil
+
+    from gainbench.evaluation.lm_eval_bridge import TASKS_DIR
+
+    shutil.copy(TASKS_DIR / "gb_boolq_mini.jsonl", tmp_path / "my_yes_no.jsonl")
+    shutil.copy(TASKS_DIR / "local_data.py", tmp_path / "local_data.py")
+    yaml_text = (TASKS_DIR / "gb_boolq_mini.yaml").read_text()
+    (tmp_path / "my_yes_no.yaml").write_text(
+        yaml_text.replace("task: gb_boolq_mini", "task: my_yes_no")
+                 .replace("data_file: gb_boolq_mini.jsonl", "data_file: my_yes_no.jsonl"))
+    rows, _ = run_lm_eval(tiny_model, tiny_tokenizer, ["my_yes_no"], limit=4,
+                          include_path=str(tmp_path))
+    assert {r["eval_name"] for r in rows} == {"my_yes_no"} and rows[0]["n"] == 4
