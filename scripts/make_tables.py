@@ -2,6 +2,7 @@
 
     python scripts/make_tables.py results/            # Markdown to stdout
     python scripts/make_tables.py results/ --latex    # LaTeX
+    python scripts/make_tables.py results/ --columns method "BWT (nats)"   # a selection
 
 Reads rows.parquet and run.json of every run folder under the given paths; runs no model.
 """
@@ -15,12 +16,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("paths", nargs="+", help="run folders or folders that contain them")
     parser.add_argument("--latex", action="store_true", help="LaTeX instead of Markdown")
+    parser.add_argument("--columns", nargs="+", help="only these columns (names as printed)")
     args = parser.parse_args()
     table = comparison_table(args.paths)
+    if args.columns:
+        table = table[args.columns]
     if table.empty:
         raise SystemExit(f"no run folders (with run.json) under {args.paths}")
-    styled = table.style.format(precision=2, na_rep="-").hide(axis="index")
-    print(styled.to_latex() if args.latex else table.to_markdown(index=False, floatfmt=".2f"))
+    if args.latex:
+        print(table.style.format(precision=2, na_rep="-").hide(axis="index").to_latex())
+    else:  # missing cells print as "-", never as 0 or nan
+        print(table.astype(object).where(table.notna(), None)
+              .to_markdown(index=False, floatfmt=".2f", missingval="-"))
 
 
 if __name__ == "__main__":

@@ -53,10 +53,26 @@ def run_summary(meta: dict, rows: pd.DataFrame) -> dict:
         by_stage = task_rows.set_index("stage")["value"]
         drift = by_stage.get(last, np.nan) - by_stage.get(0, np.nan)
         line[f"{task} acc change (pts)"] = 100 * drift
+    line.update(_diagnostic_summary(rows))
     line["wall time (s)"] = sum(meta.get("stage_seconds", {}).values())
     return line
 
 
+def _diagnostic_summary(rows: pd.DataFrame) -> dict:
+    """Column-span diagnostic after the last stage, over the matrices the run changed."""
+    diagnostic = rows[rows["eval_kind"] == "diagnostic"]
+    if diagnostic.empty:
+        return {}
+    last = diagnostic[diagnostic["stage"] == diagnostic["stage"].max()]
+    table = last.pivot_table(index="eval_name", columns="metric", values="value")
+    changed = table[table["update_rel_norm"] > 0]
+    return {"matrices changed": len(changed),
+            "update energy outside col(W)": changed["span_residual_column"].mean(),
+            "outside row(W)": changed["span_residual_row"].mean(),
+            "intruder dims": changed["intruder_dims"].sum()}
+
+
 def comparison_table(paths) -> pd.DataFrame:
     lines = [run_summary(*load_run(run_dir)) for run_dir in find_runs(paths)]
-    return pd.DataFrame(lines).sort_values(["model", "method", "seed"]).reset_index(drop=True)
+    table = pd.DataFrame(lines).sort_values(["model", "method", "seed"]).reset_index(drop=True)
+    return table[[c for c in table.columns if c != "wall time (s)"] + ["wall time (s)"]]
