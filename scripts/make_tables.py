@@ -20,6 +20,9 @@ def main() -> None:
     args = parser.parse_args()
     table = comparison_table(args.paths)
     if args.columns:
+        unknown = [c for c in args.columns if c not in table.columns]
+        if unknown:
+            raise SystemExit(f"unknown column(s) {unknown}; the table has: {list(table.columns)}")
         table = table[args.columns]
     if table.empty:
         raise SystemExit(f"no run folders (with run.json) under {args.paths}")
