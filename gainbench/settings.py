@@ -116,14 +116,23 @@ def settings_from_config(cfg) -> RunSettings:
                              f"{sorted(domain_table)} (set sequence.order to a subset of them)")
     if not order:
         raise GainbenchError(f"sequence '{sequence['name']}' has no domains; set sequence.order")
-    domains = tuple(DomainSpec(name=name, **domain_table[name]) for name in order)
+    try:
+        domains = tuple(DomainSpec(name=name, **domain_table[name]) for name in order)
+    except TypeError as err:
+        raise GainbenchError(f"sequence '{sequence['name']}': a domain entry has a bad key ({err}); "
+                             "accepted: source, licence, description, validation_percent, min_chars") from None
     method = dict(config["method"])
     lm_eval = dict(evaluation.get("lm_eval") or {})
     stages = lm_eval.get("stages", "all")
+    try:
+        model = ModelSpec(**config["model"])
+    except TypeError as err:
+        raise GainbenchError(f"model config '{config['model'].get('name')}': {err}; see "
+                             "gainbench/models/loading.py ModelSpec for the accepted keys") from None
     return RunSettings(
         run_id=run_id_for(config),
         seed=int(config["seed"]),
-        model=ModelSpec(**config["model"]),
+        model=model,
         method_name=method.pop("name"),
         method_options=method.get("options") or {},
         sequence_name=sequence["name"],

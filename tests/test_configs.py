@@ -93,3 +93,12 @@ def test_unknown_group_choice_names_the_options(arg):
 
 def test_known_group_choices_and_plain_overrides_pass():
     check_group_choices(["model=tiny-gpt2", "method=gain,lora", "train.lr=1e-3", "seed=3"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+model.colour=red", "model config 'smollm2'.*colour"),
+    ("+sequence.domains.kjv_bible.colour=red", "a domain entry has a bad key.*colour"),
+])
+def test_unknown_config_keys_are_clear_errors(override, message):
+    with pytest.raises(GainbenchError, match=message):
+        settings_from_config(compose_config([override]))

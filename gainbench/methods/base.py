@@ -3,7 +3,8 @@
 A method knows nothing of stages or sequences. Per stage the protocol calls::
 
     trainable = method.attach(model)         # fresh adapter / fresh s = 1; returns the model to train
-    ...train method.trainable_parameters(trainable)...
+    ...train method.trainable_parameters(trainable), adding method.regularization(trainable)...
+    method.after_training(trainable, blocks, batch_size)   # e.g. EWC's Fisher
     state = method.stage_state(trainable)    # small tensors that reproduce this stage (for resume)
     model = method.absorb(trainable)         # plain HF model again, same names and count
 
