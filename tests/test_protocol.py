@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,30 +73,34 @@ class Killed(BaseException):
     """Stands in for SIGKILL/preemption: not an Exception, so nothing catches it."""
 
 
+def _kill_then_resume(monkeypatch, cfg, die_at_stage: int):
+    """Run ``cfg`` until stage ``die_at_stage``'s training (killed there), then rerun it.
+    Returns the stages finished at the kill and the resumed run's folder."""
+    real_train_stage = protocol.train_stage
+    calls = []
+
+    def train_or_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == die_at_stage:
+            raise Killed
+        return real_train_stage(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_stage", train_or_die)
+    with pytest.raises(Killed):
+        run(cfg)
+    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
+    finished = json.loads(next(Path(cfg.results_dir).glob("*/run.json")).read_text())["finished_stages"]
+    return finished, run(cfg)
+
+
 @pytest.mark.parametrize("method", ["gain_ffn", "lora", "full_ft"])
 def test_resume_after_a_kill_gives_the_same_rows(tmp_path, monkeypatch, method):
     overrides = ["experiment=smoke", SHORT, f"method={method}", "eval.lm_eval.stages=[0,3]"]
     reference_dir = run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
-
-    real_train_stage = protocol.train_stage
-    calls = []
-
-    def train_then_die_at_stage_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Killed
-        return real_train_stage(*args, **kwargs)
-
-    monkeypatch.setattr(protocol, "train_stage", train_then_die_at_stage_2)
-    killed = compose_config(overrides + [f"results_dir={tmp_path / 'b'}"])
-    with pytest.raises(Killed):
-        run(killed)
-    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
-    run_dir = tmp_path / "b" / reference_dir.name
-    assert json.loads((run_dir / "run.json").read_text())["finished_stages"] == [0, 1]
-
-    resumed_dir = run(killed)
-    assert resumed_dir == run_dir
+    finished, resumed_dir = _kill_then_resume(
+        monkeypatch, compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]), die_at_stage=2)
+    assert finished == [0, 1]
+    assert resumed_dir == tmp_path / "b" / reference_dir.name
     measured = ["stage", "eval_kind", "eval_name", "metric"]
     reference = pd.read_parquet(reference_dir / "rows.parquet")
     resumed = pd.read_parquet(resumed_dir / "rows.parquet")
@@ -186,21 +191,9 @@ def test_gain_with_one_scale_across_stages_resumes_exactly(tmp_path, monkeypatch
                  "eval.lm_eval.stages=none"]
     reference = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
                                 / "rows.parquet")
-    real_train_stage = protocol.train_stage
-    calls = []
-
-    def die_at_stage_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-        return real_train_stage(*args, **kwargs)
-
-    monkeypatch.setattr(protocol, "train_stage", die_at_stage_3)
-    with pytest.raises(Killed):
-        run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
-    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
-    resumed = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
-                              / "rows.parquet")
+    _, resumed_dir = _kill_then_resume(
+        monkeypatch, compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]), die_at_stage=3)
+    resumed = pd.read_parquet(resumed_dir / "rows.parquet")
     keep = ["stage", "eval_kind", "eval_name", "metric", "value"]
     not_timing = reference.metric != "train_seconds"
     pd.testing.assert_frame_equal(reference[not_timing][keep].reset_index(drop=True),
@@ -245,21 +238,10 @@ def test_figure_analyses_survive_a_kill_between_their_stages(tmp_path, monkeypat
                  "analysis.per_token.domains=[kjv_bible]", "eval.lm_eval.stages=none"]
     reference = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
                                 / "rows.parquet")
-    real_train_stage = protocol.train_stage
-    calls = []
-
-    def die_at_stage_2(*args, **kwargs):  # between the combination's stages A=1 and B=2
-        calls.append(1)
-        if len(calls) == 2:
-            raise Killed
-        return real_train_stage(*args, **kwargs)
-
-    monkeypatch.setattr(protocol, "train_stage", die_at_stage_2)
-    with pytest.raises(Killed):
-        run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
-    monkeypatch.setattr(protocol, "train_stage", real_train_stage)
-    resumed = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]))
-                              / "rows.parquet")
+    # killed between the combination's stages A=1 and B=2
+    _, resumed_dir = _kill_then_resume(
+        monkeypatch, compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]), die_at_stage=2)
+    resumed = pd.read_parquet(resumed_dir / "rows.parquet")
     grid = ["eval_kind", "eval_name", "metric", "a", "b", "value"]
     combination = reference[reference.eval_kind == "combination"][grid].reset_index(drop=True)
     pd.testing.assert_frame_equal(resumed[resumed.eval_kind == "combination"][grid].reset_index(drop=True),

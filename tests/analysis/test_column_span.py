@@ -8,14 +8,6 @@ from gainbench.analysis.column_span import diagnose, intruder_dimensions, span_r
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny SVDs: on a busy 2-core machine, thread hand-offs cost ~0.7 s per call (1 ms on one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)

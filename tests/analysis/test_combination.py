@@ -15,14 +15,6 @@ from gainbench.methods.gain import absorb_gain, apply_gain, gain_modules
 TARGETS = ["attn_out", "ffn_down"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _nll(model, blocks):
     return validation_nll(model, blocks, n_bytes=100).nll
 

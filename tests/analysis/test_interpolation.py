@@ -8,14 +8,6 @@ from gainbench.evaluation.perplexity import validation_nll
 from gainbench.methods.gain import absorb_gain, apply_gain, gain_modules
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def nll_rows(blocks):
     def evaluate(model):
         r = validation_nll(model, blocks, n_bytes=100)

@@ -13,14 +13,6 @@ from gainbench.methods.gain import absorb_gain, apply_gain, gain_modules
 QUANTILE_METRICS = ["q01", "q05", "q25", "q50", "q75", "q95", "q99"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: on a busy 2-core machine, thread hand-offs cost more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_mean_equals_pooled_validation_nll(tiny_model, token_batch, batch_size):
