@@ -55,6 +55,7 @@ def run_summary(meta: dict, rows: pd.DataFrame) -> dict:
         line[f"{task} acc change (pts)"] = 100 * drift
     line.update(_diagnostic_summary(rows))
     line["wall time (s)"] = sum(meta.get("stage_seconds", {}).values())
+    line["run"] = meta.get("run_id")
     return line
 
 
@@ -75,4 +76,5 @@ def _diagnostic_summary(rows: pd.DataFrame) -> dict:
 def comparison_table(paths) -> pd.DataFrame:
     lines = [run_summary(*load_run(run_dir)) for run_dir in find_runs(paths)]
     table = pd.DataFrame(lines).sort_values(["model", "method", "seed"]).reset_index(drop=True)
-    return table[[c for c in table.columns if c != "wall time (s)"] + ["wall time (s)"]]
+    last = ["wall time (s)", "run"]
+    return table[[c for c in table.columns if c not in last] + last]
