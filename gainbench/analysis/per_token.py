@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from gainbench.evaluation.perplexity import token_nll
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -39,9 +40,7 @@ def per_token_losses(model, blocks: torch.Tensor, batch_size: int = 8) -> torch.
     try:
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start:start + batch_size].to(device)
-            logits = model(input_ids=batch).logits[:, :-1].float()   # fp32 as validation_nll
-            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            out.append(nll.cpu())
+            out.append(token_nll(model, batch).cpu())  # the same scores validation_nll sums
     finally:
         model.train(was_training)
     if not out:

@@ -31,6 +31,19 @@ class PooledNLL:
         return self.total_nll / math.log(2) / self.n_bytes
 
 
+def token_nll(model, batch: torch.Tensor) -> torch.Tensor:
+    """NLL (nats, fp32) of each predicted token of each row of ``batch``: ``[b, len - 1]``.
+
+    Scores the full logits against targets shifted left and padded (the last position ignored),
+    which avoids copying a ``[:, :-1]`` slice of the largest tensor of the pass.
+    """
+    logits = model(input_ids=batch).logits
+    targets = F.pad(batch[:, 1:], (0, 1), value=-100)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                          ignore_index=-100, reduction="none")
+    return nll.view(batch.shape)[:, :-1]
+
+
 @torch.inference_mode()
 def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 8) -> PooledNLL:
     """Pooled NLL of ``blocks`` (``[n, block_len]`` token ids), each block scored on its own."""
@@ -40,13 +53,8 @@ def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 
     total = 0.0
     for start in range(0, len(blocks), batch_size):
         batch = blocks[start:start + batch_size].to(device)
-        logits = model(input_ids=batch).logits
-        # Targets shifted left, the last position ignored: scoring the full logits tensor avoids
-        # copying a [:, :-1] slice of it (the largest tensor of the pass: batch x len x vocab).
-        targets = F.pad(batch[:, 1:], (0, 1), value=-100)
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                              ignore_index=-100, reduction="sum")
-        total += float(nll.double())  # accumulated in float64: the sum must not depend on batching
+        # summed in float64: the total must not depend on batching
+        total += float(token_nll(model, batch).double().sum())
     model.train(was_training)
     return PooledNLL(total, blocks.size(0) * (blocks.size(1) - 1), n_bytes)
 
@@ -94,8 +102,7 @@ def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride:
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
         batch = torch.stack([tokens[b:b + width] for b, _ in chunk]).to(device)
-        logits = model(input_ids=batch).logits[:, :-1]
-        nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+        nll = token_nll(model, batch)
         # Target j + 1 of a window is scored when j + 1 >= that window's first scored position.
         firsts = torch.tensor([f for _, f in chunk], device=device)
         keep = torch.arange(1, width, device=device)[None, :] >= firsts[:, None]

@@ -46,20 +46,19 @@ def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
 
 
 def _diagnostic_lines(rows: pd.DataFrame) -> list[str]:
-    diagnostic = rows[rows["eval_kind"] == "diagnostic"]
-    if diagnostic.empty:
+    from gainbench.results.tables import diagnostic_summary
+
+    summary = diagnostic_summary(rows)
+    if not summary:
         return []
-    last = diagnostic[diagnostic["stage"] == diagnostic["stage"].max()]
-    table = last.pivot_table(index="eval_name", columns="metric", values="value")
-    changed = table[table["update_rel_norm"] > 0]
-    if changed.empty:
+    if not summary["matrices changed"]:
         return ["", "Column-span diagnostic: no measured matrix changed"]
-    return ["", f"Column-span diagnostic after stage {int(last['stage'].max())}, cumulative vs base, "
-                f"over the {len(changed)} of {len(table)} measured matrices that changed: update "
-                f"{changed['update_rel_norm'].mean():.2e} of |W| (mean), energy outside col(W) "
-                f"{changed['span_residual_column'].mean():.3f}, outside row(W) "
-                f"{changed['span_residual_row'].mean():.3f}, intruder dimensions "
-                f"{int(changed['intruder_dims'].sum())} in all"]
+    return ["", f"Column-span diagnostic after stage {summary['stage']}, cumulative vs base, over "
+                f"the {summary['matrices changed']} of {summary['matrices measured']} measured "
+                f"matrices that changed: update {summary['update size']:.2e} of |W| (mean), "
+                f"energy outside col(W) {summary['update energy outside col(W)']:.3f}, outside "
+                f"row(W) {summary['outside row(W)']:.3f}, intruder dimensions "
+                f"{int(summary['intruder dims'])} in all"]
 
 
 def print_summary(rows: pd.DataFrame, domains: list[str]) -> None:

@@ -53,21 +53,31 @@ def run_summary(meta: dict, rows: pd.DataFrame) -> dict:
         by_stage = task_rows.set_index("stage")["value"]
         drift = by_stage.get(last, np.nan) - by_stage.get(0, np.nan)
         line[f"{task} acc change (pts)"] = 100 * drift
-    line.update(_diagnostic_summary(rows))
+    summary = diagnostic_summary(rows)
+    line.update({k: summary[k] for k in DIAGNOSTIC_COLUMNS if k in summary})
     line["wall time (s)"] = sum(meta.get("stage_seconds", {}).values())
     line["run"] = meta.get("run_id")
     return line
 
 
-def _diagnostic_summary(rows: pd.DataFrame) -> dict:
-    """Column-span diagnostic after the last stage, over the matrices the run changed."""
+DIAGNOSTIC_COLUMNS = ("matrices changed", "update energy outside col(W)", "outside row(W)",
+                      "intruder dims")
+
+
+def diagnostic_summary(rows: pd.DataFrame) -> dict:
+    """Column-span diagnostic at its last stage, over the matrices the run changed ({} if none).
+
+    Means over changed matrices of the span residuals and of the update's relative size; the
+    intruder dimensions summed."""
     diagnostic = rows[rows["eval_kind"] == "diagnostic"]
     if diagnostic.empty:
         return {}
-    last = diagnostic[diagnostic["stage"] == diagnostic["stage"].max()]
-    table = last.pivot_table(index="eval_name", columns="metric", values="value")
+    stage = int(diagnostic["stage"].max())
+    table = diagnostic[diagnostic["stage"] == stage].pivot_table(
+        index="eval_name", columns="metric", values="value")
     changed = table[table["update_rel_norm"] > 0]
-    return {"matrices changed": len(changed),
+    return {"stage": stage, "matrices measured": len(table), "matrices changed": len(changed),
+            "update size": changed["update_rel_norm"].mean(),
             "update energy outside col(W)": changed["span_residual_column"].mean(),
             "outside row(W)": changed["span_residual_row"].mean(),
             "intruder dims": changed["intruder_dims"].sum()}
