@@ -35,7 +35,7 @@ def run(cfg) -> Path:
     """Run (or resume) the protocol for one composed config; returns the run folder."""
     settings = settings_from_config(cfg)
     method = make_method(settings.method_name, **settings.method_options)
-    results_dir = Path(settings.resolved_config.get("results_dir", "results"))
+    results_dir = Path(settings.resolved_config.get("results_dir", "runs"))
     store = RunStore(results_dir / settings.run_id)
     last_stage = len(settings.domains)
     done = store.finished_stages()
