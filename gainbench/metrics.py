@@ -102,3 +102,33 @@ def loss_matrix(rows: pd.DataFrame, domains: list[str] | None = None) -> pd.Data
         order = rows[rows["stage"] > 0].sort_values("stage")["stage_domain"].drop_duplicates()
         domains = list(order) + [d for d in matrix.columns if d not in set(order)]
     return matrix[domains]
+
+
+def downstream_change(acc_base, acc_after, stderr_base, stderr_after) -> tuple[float, float]:
+    """lm-eval drift of one task: (acc_after - acc_base, its standard error), as fractions.
+
+    Positive = the adapted model answers more items correctly. The standard error treats the
+    two accuracies as independent, sqrt(se_base^2 + se_after^2): both are measured on the same
+    items, so this over-states the noise when the two models err on the same items (a paired
+    bound would need per-item results, which lm-eval's aggregate stderr does not carry).
+    """
+    return float(acc_after - acc_base), float(np.hypot(stderr_base, stderr_after))
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the Student-t confidence interval, n) over repetitions (seeds).
+
+    NaN values (a run that could not fill the cell) are left out. The half-width is NaN for
+    fewer than two values: one seed has no interval, and none is invented.
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(x[0]), float("nan"), 1
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / np.sqrt(n)
+    return float(x.mean()), float(half), n

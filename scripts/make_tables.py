@@ -1,36 +1,54 @@
-"""Regenerate the comparison table from run folders alone.
+"""Regenerate the paper's tables from run folders alone.
 
-    python scripts/make_tables.py results/            # Markdown to stdout
-    python scripts/make_tables.py results/ --latex    # LaTeX
-    python scripts/make_tables.py results/ --columns method "BWT (nats)"   # a selection
+    python scripts/make_tables.py results/miniature/                 # every table, Markdown
+    python scripts/make_tables.py runs/ --tables earlier downstream   # a selection
+    python scripts/make_tables.py runs/ --out tables/                 # <name>.md and <name>.tex
+    python scripts/make_tables.py runs/ --tables runs --columns method "BWT (nats)"
 
-Reads rows.parquet and run.json of every run folder under the given paths; runs no model.
+Reads rows.parquet and run.json of every run folder under the given paths (one machine's or a
+whole SLURM sweep's); runs no model. Tables are defined in gainbench/results/tables.py.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-from gainbench.results.tables import comparison_table
+from gainbench.results.tables import TABLES, build_tables, render
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="tables: " + ", ".join(TABLES))
     parser.add_argument("paths", nargs="+", help="run folders or folders that contain them")
-    parser.add_argument("--latex", action="store_true", help="LaTeX instead of Markdown")
-    parser.add_argument("--columns", nargs="+", help="only these columns (names as printed)")
+    parser.add_argument("--tables", nargs="+", metavar="NAME", help="only these tables")
+    parser.add_argument("--latex", action="store_true", help="print LaTeX instead of Markdown")
+    parser.add_argument("--out", type=Path, help="write <table>.md and <table>.tex here")
+    parser.add_argument("--columns", nargs="+", help="only these columns (with one table)")
     args = parser.parse_args()
-    table = comparison_table(args.paths)
+    try:
+        tables = build_tables(args.paths, args.tables)
+    except (FileNotFoundError, KeyError) as err:
+        sys.exit(f"make_tables: error: {err.args[0]}")
     if args.columns:
-        unknown = [c for c in args.columns if c not in table.columns]
-        if unknown:
-            raise SystemExit(f"unknown column(s) {unknown}; the table has: {list(table.columns)}")
-        table = table[args.columns]
-    if table.empty:
-        raise SystemExit(f"no run folders (with run.json) under {args.paths}")
-    if args.latex:
-        print(table.style.format(precision=2, na_rep="-").hide(axis="index").to_latex())
-    else:  # missing cells print as "-", never as 0 or nan
-        print(table.astype(object).where(table.notna(), None)
-              .to_markdown(index=False, floatfmt=".2f", missingval="-"))
+        if len(tables) != 1:
+            sys.exit("make_tables: error: --columns needs exactly one table (--tables NAME)")
+        (name, parts), = tables.items()
+        for caption, table in parts:
+            unknown = [c for c in args.columns if c not in table.columns]
+            if unknown:
+                sys.exit(f"make_tables: error: unknown column(s) {unknown}; "
+                         f"the table has: {list(table.columns)}")
+        tables[name] = [(caption, table[args.columns]) for caption, table in parts]
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, parts in tables.items():
+            (args.out / f"{name}.md").write_text(render(name, parts, "md"))
+            (args.out / f"{name}.tex").write_text(render(name, parts, "latex"))
+        print(f"wrote {len(tables)} tables (.md and .tex) to {args.out}")
+        return
+    print("\n".join(render(name, parts, "latex" if args.latex else "md")
+                    for name, parts in tables.items()))
 
 
 if __name__ == "__main__":

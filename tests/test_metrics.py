@@ -73,3 +73,20 @@ def test_loss_matrix_from_tidy_rows_in_sequence_order():
     matrix = metrics.loss_matrix(rows)
     assert list(matrix.columns) == domains
     np.testing.assert_allclose(matrix.values, L)
+
+
+def test_downstream_change_and_its_standard_error():
+    change, se = metrics.downstream_change(0.50, 0.62, 0.03, 0.04)
+    assert change == pytest.approx(0.12) and se == pytest.approx(0.05)  # 3-4-5
+
+
+def test_mean_ci_student_t_over_seeds():
+    mean, half, n = metrics.mean_ci([1.0, 2.0, 3.0])
+    # t(0.975, 2 dof) = 4.302653; std (ddof 1) = 1; / sqrt(3)
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+
+
+def test_mean_ci_one_seed_has_no_interval_and_missing_values_are_dropped():
+    mean, half, n = metrics.mean_ci([float("nan"), 5.0])
+    assert (mean, n) == (5.0, 1) and math.isnan(half)
+    assert metrics.mean_ci([])[2] == 0
