@@ -47,7 +47,21 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except GainbenchError as err:
+        if _in_one_process_sweep():
+            # One bad job (a NaN at the grid's highest lr, say) must not end the other jobs of
+            # `-m` on the basic launcher; it is reported, and its run folder holds only the
+            # stages it finished. Separate-process launchers (submitit) see the exit code.
+            print(f"gainbench: error (this sweep job; the sweep goes on): {err}", file=sys.stderr)
+            return
         _fail(err)
+
+
+def _in_one_process_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_"))
 
 
 def _fail(err: Exception) -> None:

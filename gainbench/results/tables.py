@@ -139,6 +139,15 @@ def runs_table(runs):
     return [("", comparison_table(runs=runs))]
 
 
+def matched_table(runs):
+    from gainbench.results.fronts import matched_comparison
+
+    table = matched_comparison(runs)
+    if table.empty:
+        return []
+    return [("", table.set_index(["model", "method A", "method B", "earlier change"]))]
+
+
 @dataclass(frozen=True)
 class Table:
     title: str
@@ -167,6 +176,12 @@ TABLES: dict[str, Table] = {
         "Downstream accuracy change after the last stage",
         "points vs the base model per lm-eval task; ± = 1.96 x lm-eval's standard error of the "
         "difference (item sampling), averaged over seeds", downstream_table),
+    "matched": Table(
+        "Earlier-domain change at matched in-domain gain",
+        "each method's front (earlier-domain change vs in-domain gain over its learning rates, "
+        "mean over seeds) interpolated at the middle of its common gain range with method B, "
+        "never extrapolated; A - B < 0 = A keeps earlier domains better; lo/hi = 95% bootstrap "
+        "interval over seeds (gainbench/results/fronts.py)", matched_table),
     "ppl_matrix": Table("Validation perplexity per run",
                         "rows: after stage k (0 = base), columns: domains", ppl_matrix_tables),
     "runs": Table("Every run", "one line per run folder", runs_table),

@@ -136,3 +136,17 @@ def test_make_figures_script_writes_every_figure(tmp_path):
     for path in tmp_path.iterdir():
         assert path.stat().st_size > 5000, path  # a drawn figure, not an empty canvas
     assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".pdf"}
+
+
+def test_matched_comparison_interpolates_the_reference_front(tables):
+    (_, table), = tables["matched"]
+    row = table.loc[("tiny", "gain_ffn", "lora", "vs base")]
+    gain_a = -((100 * (8 / 10 - 1) + 100 * (16 / 19 - 1) + 100 * (30 / 36 - 1)) / 3
+               + (100 * (7 / 10 - 1) + 100 * (18 / 19 - 1) + 100 * (32 / 36 - 1)) / 3) / 2
+    # gain_ffn is one point (two seeds); lora's front: lr 1e-4 at gain 5 (y 0), lr 1e-3 at gain
+    # -(20/10 - 1... ) = -mean(-20%, 100*(16/21-1), 100*(36/44-1)) (y 15)
+    gain_lr3 = -(100 * (8 / 10 - 1) + 100 * (16 / 21 - 1) + 100 * (36 / 44 - 1)) / 3
+    assert row["at gain"] == pytest.approx(gain_a)  # the overlap is gain_ffn's single point
+    assert row["A"] == pytest.approx(-13.75)
+    assert row["B"] == pytest.approx(0 + (gain_a - 5.0) / (gain_lr3 - 5.0) * 15.0)
+    assert np.isnan(row["lo"]) and row["reading"].startswith("no interval")

@@ -1,0 +1,46 @@
+"""The learning-rate sweep preset through Hydra's submitit_local launcher, then the fronts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gainbench.results.runs import load_runs
+from gainbench.results.tables import build_tables
+from tests.conftest import compose_config
+
+TINY_BUDGET = ["model=tiny-llama", "train.seq_len=64", "train.tokens_per_stage=512",
+               "eval.val_tokens=256", "eval.lm_eval.stages=none", "eval.diagnostics.stages=none",
+               "sequence.order=[kjv_bible,icd10_medical]"]
+
+
+def test_sweep_presets_compose_with_each_methods_lr_scaled():
+    cfg = compose_config(["experiment=lr_sweep_cpu", "method=lora", "lr_scale=4"])
+    assert cfg.train.lr == pytest.approx(4 * 2e-4) and cfg.method.lr == pytest.approx(2e-4)
+    assert list(cfg.sequence.order) == ["wiki_history", "kjv_bible", "icd10_medical"]
+    assert cfg.eval.lm_eval.stages == "none"
+    assert compose_config(["experiment=lr_sweep", "method=gain"]).train.lr == pytest.approx(3e-3)
+
+
+@pytest.mark.slow
+def test_lr_sweep_through_submitit_local_gives_one_folder_per_point(tmp_path):
+    subprocess.run([sys.executable, "-m", "gainbench", "-m", "experiment=lr_sweep",
+                    "hydra/launcher=submitit_local", "method=gain,lora", "lr_scale=1,4", "seed=0,1",
+                    f"results_dir={tmp_path}", *TINY_BUDGET],
+                   check=True, capture_output=True, text=True, timeout=600)
+    folders = sorted(p for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert len(folders) == 8  # 2 methods x 2 lrs x 2 seeds, each named by its run id
+    metas = [json.loads((f / "run.json").read_text()) for f in folders]
+    assert all(m["finished_stages"] == [0, 1, 2] for m in metas)
+    assert {(m["config"]["method"]["name"], m["config"]["train"]["lr"], m["config"]["seed"])
+            for m in metas} == {(m, lr * k, s) for m, lr in (("gain", 3e-3), ("lora", 2e-4))
+                                for k in (1, 4) for s in (0, 1)}
+
+    runs = load_runs([tmp_path])
+    assert sorted({r.variant for r in runs}) == ["gain (lr=0.003)", "gain (lr=0.012)",
+                                                 "lora (lr=0.0002)", "lora (lr=0.0008)"]
+    (_, matched), = build_tables([tmp_path], ["matched"])["matched"]
+    assert set(matched.index.get_level_values("method A")) == {"gain"}
+    assert set(matched.index.get_level_values("method B")) == {"lora"}
+    assert matched["reading"].notna().all()
