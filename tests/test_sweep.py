@@ -44,3 +44,8 @@ def test_lr_sweep_through_submitit_local_gives_one_folder_per_point(tmp_path):
     assert set(matched.index.get_level_values("method A")) == {"gain"}
     assert set(matched.index.get_level_values("method B")) == {"lora"}
     assert matched["reading"].notna().all()
+
+
+def test_l2_sweep_preset_is_lora_l2_over_its_penalty():
+    cfg = compose_config(["experiment=l2_sweep", "method.options.l2=10"])
+    assert cfg.method.name == "lora_l2" and cfg.method.options.l2 == 10
