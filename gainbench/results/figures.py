@@ -32,11 +32,21 @@ def _pct(delta_nll):
     return 100.0 * np.expm1(delta_nll)
 
 
+# One colour per method in every figure (tab10 order), so a method is recognised across panels.
+METHOD_ORDER = ("gain", "gain_ffn", "lora", "full_ft", "ia3", "ia3_peft", "dora", "lora_l2",
+                "replay_lora", "ewc")
+
+
+def _color(method: str) -> str:
+    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method))
+    return f"C{index % 10}"
+
+
 def _style(method: str) -> dict:
-    """GAIN's variants stand out (filled stars, solid); baselines are plain circles."""
+    """GAIN's variants stand out (filled stars, thick); baselines are plain circles."""
     if method in GAIN_METHODS:
-        return {"marker": "*", "markersize": 14, "linewidth": 2.2, "zorder": 3}
-    return {"marker": "o", "markersize": 7, "linewidth": 1.2, "zorder": 2}
+        return {"marker": "*", "markersize": 14, "linewidth": 2.2, "zorder": 3, "color": _color(method)}
+    return {"marker": "o", "markersize": 7, "linewidth": 1.2, "zorder": 2, "color": _color(method)}
 
 
 def ppl_change_heatmaps(runs: list[Run]):
@@ -148,7 +158,7 @@ def per_token_histograms(runs: list[Run]):
         for run, changes in data:
             if domain in changes:
                 ax.hist(changes[domain], bins=bins, histtype="step", density=True,
-                        lw=_style(run.method)["linewidth"],
+                        lw=_style(run.method)["linewidth"], color=_color(run.method),
                         label=f"{run.variant} (mean {changes[domain].mean():+.3f})")
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_xlabel("per-token loss change after - before (nats)")
@@ -252,7 +262,8 @@ def downstream_per_stage(runs: list[Run]):
                 mean = curve.groupby("stage")["value"].mean()
                 style = _style(method)
                 ax.plot(mean.index, 100 * mean.values, label=variant, marker=style["marker"],
-                        lw=style["linewidth"], markersize=style["markersize"] * 0.7)
+                        lw=style["linewidth"], markersize=style["markersize"] * 0.7,
+                        color=style["color"])
             ax.set_xlabel("after stage (0 = base model)")
             ax.set_ylabel("accuracy (%)")
             ax.set_title(task)
