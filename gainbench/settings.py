@@ -120,7 +120,8 @@ def settings_from_config(cfg) -> RunSettings:
         domains = tuple(DomainSpec(name=name, **domain_table[name]) for name in order)
     except TypeError as err:
         raise GainbenchError(f"sequence '{sequence['name']}': a domain entry has a bad key ({err}); "
-                             "accepted: source, licence, description, validation_percent, min_chars") from None
+                             "accepted: source, licence, description, validation_percent, min_chars, "
+                             "train_tokens, val_tokens") from None
     method = dict(config["method"])
     lm_eval = dict(evaluation.get("lm_eval") or {})
     stages = lm_eval.get("stages", "all")

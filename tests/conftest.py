@@ -49,3 +49,14 @@ def tiny_model(request, tiny_tokenizer):
 def token_batch(tiny_tokenizer):
     ids = tiny_tokenizer(SAMPLE_TEXT)["input_ids"]
     return torch.tensor(ids[: 4 * 32]).view(4, 32)
+
+
+@pytest.fixture(autouse=True)
+def private_token_cache(tmp_path_factory, monkeypatch):
+    """In-process tests keep the token cache in a temporary folder, never the user's."""
+    from gainbench.data import token_cache
+
+    folder = tmp_path_factory.mktemp("token_cache")
+    monkeypatch.setattr(token_cache, "folder", lambda: folder)
+    monkeypatch.delenv(token_cache.ENV_SWITCH, raising=False)
+    return folder

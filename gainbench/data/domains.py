@@ -5,22 +5,37 @@ Splits never leak: a document goes to validation when ``sha256(doc_id)`` falls i
 validation fraction, so the split depends only on the document's id, not on the run, the
 seed, the method or the order sources return documents in. Validation blocks are therefore
 identical across methods, stages, seeds and reruns for one tokenizer.
+
+Budgets are the sequence-wide ``train.tokens_per_stage`` / ``eval.val_tokens`` unless a domain
+sets its own ``train_tokens`` / ``val_tokens``. Packed domains are cached on disk
+(gainbench.data.token_cache), so a rerun tokenises nothing. Bad data (no document, a bad file,
+too little validation text for the budget) raises GainbenchError naming the domain; the
+protocol prepares every domain before stage 0, so that happens before any training.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
+from gainbench.data import token_cache
 from gainbench.data.sources import Document, load_documents
 from gainbench.errors import GainbenchError
 
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """One entry of ``sequence.domains`` in the config."""
+    """One entry of ``sequence.domains`` in the config.
+
+    ``train_tokens`` / ``val_tokens``, when set, replace the sequence-wide budgets
+    (``train.tokens_per_stage`` / ``eval.val_tokens``) for this domain only. They are absent
+    (None) by default and left out of the shipped configs, so existing run ids do not change;
+    add them with ``+sequence.domains.<name>.train_tokens=N``. ``min_chars`` drops documents
+    shorter than that many characters before the split.
+    """
 
     name: str
     source: dict  # {"kind": ..., **reader options}
@@ -28,6 +43,21 @@ class DomainSpec:
     description: str = ""
     validation_percent: float = 10.0
     min_chars: int = 1
+    train_tokens: int | None = None
+    val_tokens: int | None = None
+
+    def __post_init__(self):
+        for key in ("train_tokens", "val_tokens"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise GainbenchError(f"domain '{self.name}': {key} must be a whole number >= 0, "
+                                     f"got {value!r}; fix sequence.domains.{self.name}.{key}")
+
+    def budgets(self, train_tokens: int, val_tokens: int) -> tuple[int, int]:
+        """This domain's (train, validation) token budgets, given the sequence-wide ones."""
+        return (train_tokens if self.train_tokens is None else int(self.train_tokens),
+                val_tokens if self.val_tokens is None else int(self.val_tokens))
 
 
 @dataclass
@@ -38,6 +68,7 @@ class DomainData:
     val_bytes: int               # UTF-8 bytes of the predicted validation tokens (for bits per byte)
     info: dict = field(default_factory=dict)  # provenance for run.json
     val_stream_bytes: int = 0    # the same when the blocks are scored as one stream (strided PPL)
+    from_cache: bool = False     # read from the token cache (not in info: results must not differ)
 
 
 def _unit_interval(doc_id: str) -> float:
@@ -60,9 +91,17 @@ def pack_documents(docs: list[Document], tokenizer, block_len: int, max_tokens: 
 
     Stops once ``max_tokens`` are collected (rounded down to whole blocks), tokenising only
     as many documents as that needs. The last partial block is dropped.
+
+    Batches of ``chunk`` documents go to the tokenizer in one call, which a fast tokenizer may
+    spread over threads when ``TOKENIZERS_PARALLELISM`` is not "false" (``python -m gainbench``
+    sets it to "false"; export it as "true" to override). It is left off: on the 2-core machine
+    this was written on, turning it on made tokenising no faster (0.96-0.99x, SmolLM2's tokenizer;
+    benchmarks/data_throughput.py). The ids are the same either way.
     """
     eos = tokenizer.eos_token_id
     want = (max_tokens // block_len) * block_len
+    if want == 0:
+        return torch.zeros(0, block_len, dtype=torch.long)
     stream: list[int] = []
     for start in range(0, len(docs), chunk):
         texts = [d.text for d in docs[start:start + chunk]]
@@ -84,12 +123,19 @@ def predicted_bytes(blocks: torch.Tensor, tokenizer) -> int:
 
 
 def read_documents(spec: DomainSpec) -> list[Document]:
+    """The domain's documents of at least ``min_chars`` characters.
+
+    A reader's error (bad file, missing field, unreachable dataset) comes back naming the domain.
+    """
     options = dict(spec.source)
     kind = options.pop("kind", None)
     if kind is None:
         raise GainbenchError(f"domain '{spec.name}': its source has no 'kind'; "
-                             "set sequence.domains.{spec.name}.source.kind")
-    docs = [d for d in load_documents(kind, **options) if len(d.text) >= spec.min_chars]
+                             f"set sequence.domains.{spec.name}.source.kind")
+    try:
+        docs = [d for d in load_documents(kind, **options) if len(d.text) >= spec.min_chars]
+    except GainbenchError as err:
+        raise GainbenchError(f"domain '{spec.name}': {err}") from None
     if not docs:
         raise GainbenchError(f"domain '{spec.name}' is empty: its source {spec.source} gave no "
                              f"document of at least {spec.min_chars} characters; check the path, "
@@ -99,23 +145,64 @@ def read_documents(spec: DomainSpec) -> list[Document]:
 
 def prepare_domain(spec: DomainSpec, tokenizer, block_len: int, train_tokens: int,
                    val_tokens: int, docs: list[Document] | None = None) -> DomainData:
+    """Split, tokenise and pack one domain, through the token cache (gainbench.data.token_cache).
+
+    ``train_tokens`` / ``val_tokens`` are the sequence-wide budgets; the spec's own, if set,
+    replace them. Errors (GainbenchError), raised before any training:
+
+    * no document, or too little train text for one block;
+    * less validation text than the validation budget: every stage must score the same, full
+      set of validation tokens, so a short validation split is refused, not silently shrunk.
+
+    Train text that runs out before the train budget is *not* an error: the domain trains on
+    what it has, and ``info["note"]`` (in run.json) and a line on stderr say how much that was.
+    """
+    train_budget, val_budget = spec.budgets(train_tokens, val_tokens)
     docs = read_documents(spec) if docs is None else docs
     train_docs, val_docs = split_documents(docs, spec.validation_percent)
-    train = pack_documents(train_docs, tokenizer, block_len, train_tokens)
-    val = pack_documents(val_docs, tokenizer, block_len, val_tokens)
-    for split, blocks, budget in (("train", train, train_tokens), ("validation", val, val_tokens)):
-        if len(blocks) == 0 and budget > 0:
-            raise GainbenchError(
-                f"domain '{spec.name}' has too little {split} text for one block of {block_len} "
-                f"tokens ({len(train_docs if split == 'train' else val_docs)} documents); add text, "
-                "raise validation_percent, or lower train.seq_len")
+    key = (token_cache.entry_key(tokenizer, spec, train_docs, val_docs, block_len, train_budget,
+                                 val_budget) if token_cache.enabled() else None)
+    packed = token_cache.load(key) if key else None
+    from_cache = packed is not None
+    if packed is None:
+        packed = _pack_domain(spec, tokenizer, train_docs, val_docs, block_len, train_budget,
+                              val_budget)
+        if key:
+            token_cache.store(key, packed, about={
+                "domain": spec.name, "tokenizer": getattr(tokenizer, "name_or_path", "")})
     info = {
         "source": dict(spec.source), "licence": spec.licence, "description": spec.description,
-        "documents": {"train": len(train_docs), "validation": len(val_docs)},
-        "train_tokens": int(train.numel()), "val_tokens": int(val.numel()),
-        "val_fingerprint": hashlib.sha256(val.numpy().tobytes()).hexdigest()[:16],
+        "documents": {"train": packed.train_documents, "validation": packed.val_documents},
+        "train_tokens": int(packed.train_blocks.numel()),
+        "val_tokens": int(packed.val_blocks.numel()),
+        "val_fingerprint": hashlib.sha256(packed.val_blocks.numpy().tobytes()).hexdigest()[:16],
     }
-    if train.numel() < train_tokens:
-        info["note"] = f"train text ran out: {train.numel()} of {train_tokens} budgeted tokens"
-    return DomainData(spec.name, train, val, predicted_bytes(val, tokenizer), info,
-                      val_stream_bytes=predicted_bytes(val.view(1, -1), tokenizer))
+    if packed.train_blocks.numel() < (train_budget // block_len) * block_len:
+        info["note"] = (f"train text ran out: {packed.train_blocks.numel()} of {train_budget} "
+                        "budgeted tokens")
+        print(f"gainbench: note: domain '{spec.name}': {info['note']}", file=sys.stderr)
+    return DomainData(spec.name, packed.train_blocks, packed.val_blocks, packed.val_bytes, info,
+                      val_stream_bytes=packed.val_stream_bytes, from_cache=from_cache)
+
+
+def _pack_domain(spec: DomainSpec, tokenizer, train_docs: list[Document],
+                 val_docs: list[Document], block_len: int, train_budget: int,
+                 val_budget: int) -> token_cache.PackedDomain:
+    train = pack_documents(train_docs, tokenizer, block_len, train_budget)
+    if len(train) == 0 and train_budget > 0:
+        raise GainbenchError(
+            f"domain '{spec.name}' has too little train text for one block of {block_len} tokens "
+            f"({len(train_docs)} documents); add text, lower "
+            f"sequence.domains.{spec.name}.validation_percent, or lower train.seq_len")
+    val = pack_documents(val_docs, tokenizer, block_len, val_budget)
+    wanted = (val_budget // block_len) * block_len
+    if val.numel() < wanted:
+        raise GainbenchError(
+            f"domain '{spec.name}' has too little validation text: {val.numel()} tokens in whole "
+            f"blocks of {block_len} ({len(val_docs)} documents, validation_percent="
+            f"{spec.validation_percent:g}) for a validation budget of {val_budget}; raise "
+            f"sequence.domains.{spec.name}.validation_percent, add text, or lower eval.val_tokens "
+            f"(or +sequence.domains.{spec.name}.val_tokens)")
+    return token_cache.PackedDomain(
+        train, val, predicted_bytes(val, tokenizer), predicted_bytes(val.view(1, -1), tokenizer),
+        train_documents=len(train_docs), val_documents=len(val_docs))

@@ -156,7 +156,11 @@ def local_files(paths: str | list[str], text_field: str = "text") -> list[Docume
     for name in files:
         path = Path(name)
         if path.suffix == ".txt":
-            docs.append(Document(f"local/{path.as_posix()}", path.read_text(encoding="utf-8")))
+            try:
+                docs.append(Document(f"local/{path.as_posix()}", path.read_text(encoding="utf-8")))
+            except UnicodeDecodeError as err:
+                raise GainbenchError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                                     "convert the file to UTF-8") from None
         elif path.suffix == ".jsonl":
             docs += _read_jsonl(path, text_field)
         elif path.suffix == ".parquet":
@@ -169,18 +173,27 @@ def local_files(paths: str | list[str], text_field: str = "text") -> list[Docume
 
 def _read_jsonl(path: Path, field: str) -> list[Document]:
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise GainbenchError(f"{path} line {lineno} is not UTF-8 text ({err.reason} at byte "
+                                     f"{err.start}); convert the file to UTF-8") from None
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)[field]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                text = None
-            if not isinstance(text, str):
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
                 raise GainbenchError(
-                    f"{path} line {lineno}: not a JSON object with a string field {field!r}; fix the "
-                    "line or set text_field to the field that holds the text")
+                    f"{path} line {lineno} is not valid JSON ({err.msg}, column {err.colno}); fix "
+                    "the line: JSONL holds one JSON object per line") from None
+            text = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise GainbenchError(
+                    f"{path} line {lineno} has no string field {field!r} (it has: {fields}); fix "
+                    "the line or set text_field to the field that holds the text")
             docs.append(Document(f"local/{path.as_posix()}#{lineno}", text))
     return docs
 
@@ -188,7 +201,11 @@ def _read_jsonl(path: Path, field: str) -> list[Document]:
 def _read_parquet(path: Path, field: str) -> list[Document]:
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise GainbenchError(f"{path} is not a readable parquet file ({err}); rewrite it or "
+                             "narrow the glob") from None
     if field not in names:
         raise GainbenchError(f"{path} has no column {field!r} (columns: {', '.join(names)}); "
                              "set text_field to the column that holds the text")
@@ -248,9 +265,10 @@ def hf_dataset(path: str, name: str | None = None, split: str = "train", text_fi
         raise GainbenchError(
             f"cannot load {what}: not on the hub (unreachable, unknown or gated) nor in the local HF "
             f"cache {datasets.config.HF_DATASETS_CACHE} ({type(e).__name__}: {e}); on a machine with "
-            f"internet run `python -c \"import datasets; {call}\"` and copy its HF_HOME/datasets "
-            "here, or point the domain at local files with source.kind=local_files (or hf_dataset "
-            "with path: parquet and data_files)") from None
+            "internet run `python scripts/prepare_data.py <this run's overrides>` (or "
+            f"`python -c \"import datasets; {call}\"`) and copy its HF_HOME here, or point the "
+            "domain at local files with source.kind=local_files (or hf_dataset with path: parquet "
+            "and data_files)") from None
     except (RuntimeError, ValueError) as e:
         if "scripts are no longer supported" in str(e):
             raise GainbenchError(f"{what} uses a loading script, which datasets>=4 refuses; use a "

@@ -65,3 +65,78 @@ def test_too_little_validation_text_is_a_clear_error(tiny_tokenizer):
     spec = DomainSpec(name="small", source={"kind": "local_files"}, validation_percent=0.0)
     with pytest.raises(GainbenchError, match="too little validation text"):
         prepare_domain(spec, tiny_tokenizer, 16, 64, 64, docs=DOCS[:20])
+
+
+def test_too_little_validation_text_for_the_budget_says_how_much_there_is(tiny_tokenizer):
+    # 4 whole validation blocks of 16 exist (see above): a budget of 5 blocks is refused.
+    spec = DomainSpec(name="small", source={"kind": "local_files"})
+    with pytest.raises(GainbenchError) as err:
+        prepare_domain(spec, tiny_tokenizer, 16, 256, 16 * 500, docs=DOCS)
+    message = str(err.value)
+    assert "\n" not in message
+    for needed in ("domain 'small' has too little validation text", "for a validation budget of 8000",
+                   "validation_percent=10", "sequence.domains.small.validation_percent",
+                   "eval.val_tokens"):
+        assert needed in message, needed
+
+
+def test_train_text_that_runs_out_is_a_note_not_an_error(tiny_tokenizer, capsys):
+    spec = DomainSpec(name="short", source={"kind": "local_files"})
+    data = prepare_domain(spec, tiny_tokenizer, 16, 10**6, 64, docs=DOCS)
+    assert 0 < data.info["train_tokens"] < 10**6
+    assert data.info["note"] == f"train text ran out: {data.info['train_tokens']} of 1000000 budgeted tokens"
+    assert "domain 'short': train text ran out" in capsys.readouterr().err
+    # a budget that is not a whole number of blocks is not "running out"
+    assert "note" not in prepare_domain(spec, tiny_tokenizer, 16, 250, 64, docs=DOCS).info
+
+
+def test_per_domain_budgets_replace_the_sequence_wide_ones(tiny_tokenizer):
+    default = DomainSpec(name="d", source={"kind": "local_files"})
+    assert default.train_tokens is None and default.val_tokens is None
+    assert default.budgets(256, 64) == (256, 64)
+    own = DomainSpec(name="d", source={"kind": "local_files"}, train_tokens=128, val_tokens=32)
+    assert own.budgets(256, 64) == (128, 32)
+    data = prepare_domain(own, tiny_tokenizer, 16, 256, 64, docs=DOCS)
+    assert data.train_blocks.shape == (8, 16) and data.val_blocks.shape == (2, 16)
+    base = prepare_domain(default, tiny_tokenizer, 16, 256, 64, docs=DOCS)
+    assert torch.equal(data.val_blocks, base.val_blocks[:2])  # a prefix of the same stream
+    only_train = DomainSpec(name="d", source={"kind": "local_files"}, train_tokens=32)
+    assert only_train.budgets(256, 64) == (32, 64)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "many", True])
+def test_bad_per_domain_budget_is_a_clear_error(value):
+    with pytest.raises(GainbenchError, match=r"domain 'd': train_tokens must be a whole number >= 0.*"
+                                             r"sequence\.domains\.d\.train_tokens"):
+        DomainSpec(name="d", source={"kind": "local_files"}, train_tokens=value)
+
+
+def test_per_domain_budgets_come_from_the_config_and_are_absent_by_default():
+    from gainbench.settings import settings_from_config, to_container
+    from tests.conftest import compose_config
+
+    for sequence in ("embedded8", "paper8"):
+        config = to_container(compose_config([f"sequence={sequence}"]))
+        for domain in config["sequence"]["domains"].values():
+            assert "train_tokens" not in domain and "val_tokens" not in domain  # run ids stay put
+    settings = settings_from_config(compose_config([
+        "+sequence.domains.kjv_bible.train_tokens=2048", "+sequence.domains.kjv_bible.val_tokens=512"]))
+    by_name = {d.name: d for d in settings.domains}
+    assert by_name["kjv_bible"].budgets(settings.train_tokens, settings.val_tokens) == (2048, 512)
+    assert by_name["icd10_medical"].budgets(settings.train_tokens, settings.val_tokens) == (
+        settings.train_tokens, settings.val_tokens)
+
+
+def test_a_reader_error_names_the_domain(tmp_path):
+    from gainbench.data.domains import read_documents
+
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    spec = DomainSpec(name="legal", source={"kind": "local_files", "paths": str(tmp_path / "*.jsonl")})
+    with pytest.raises(GainbenchError, match=r"^domain 'legal': .*bad\.jsonl line 2 is not valid JSON"):
+        read_documents(spec)
+    (tmp_path / "bad.jsonl").write_text('{"body": "no text field"}\n')
+    with pytest.raises(GainbenchError, match=r"^domain 'legal': .*line 1 has no string field 'text'"):
+        read_documents(spec)
+    with pytest.raises(GainbenchError, match=r"domain 'legal': its source has no 'kind'; set "
+                                             r"sequence\.domains\.legal\.source\.kind"):
+        read_documents(DomainSpec(name="legal", source={"paths": "x"}))

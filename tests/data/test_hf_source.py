@@ -94,7 +94,7 @@ def test_unreachable_hub_dataset_fails_fast_naming_it_and_the_fix(streaming):
     assert "\n" not in message
     for needed in ("'gainbench-tests/no-such-corpus'", "'cfg-x'", "'abc1234'",
                    "datasets.load_dataset('gainbench-tests/no-such-corpus', 'cfg-x'",
-                   "HF_HOME", "local_files"):
+                   "HF_HOME", "local_files", "scripts/prepare_data.py"):
         assert needed in message
 
 

@@ -44,11 +44,28 @@ def test_local_txt_jsonl_parquet(tmp_path, monkeypatch):
 def test_local_malformed_jsonl_names_file_and_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
-    with pytest.raises(GainbenchError, match=r"bad\.jsonl line 2.*text_field"):
+    with pytest.raises(GainbenchError, match=r"bad\.jsonl line 2 is not valid JSON .*fix the line"):
         load_documents("local_files", paths="bad.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"content": "no text field"}\n')
-    with pytest.raises(GainbenchError, match=r"bad\.jsonl line 2"):
+    with pytest.raises(GainbenchError, match=r"bad\.jsonl line 2 has no string field 'text' "
+                                             r"\(it has: content\).*text_field"):
         load_documents("local_files", paths="bad.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n["a list"]\n')
+    with pytest.raises(GainbenchError, match=r"bad\.jsonl line 2 has no string field 'text'"):
+        load_documents("local_files", paths="bad.jsonl")
+
+
+def test_local_files_that_are_not_utf8_or_not_parquet_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(GainbenchError, match=r"latin1\.txt is not UTF-8 text.*convert"):
+        load_documents("local_files", paths="latin1.txt")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(GainbenchError, match=r"latin1\.jsonl line 2 is not UTF-8 text"):
+        load_documents("local_files", paths="latin1.jsonl")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(GainbenchError, match=r"broken\.parquet is not a readable parquet file"):
+        load_documents("local_files", paths="broken.parquet")
 
 
 def test_local_parquet_missing_column(tmp_path, monkeypatch):

@@ -1,0 +1,187 @@
+"""On-disk cache of tokenised, packed domains: a second run of the same sequence tokenises nothing.
+
+One entry per (tokenizer, domain, block length, budgets): a safetensors file under
+``cache_dir()/"tokenized"`` (``$GAINBENCH_CACHE/tokenized``) holding the train and validation
+blocks (int32 on disk, int64 in memory: the same ids) and, as metadata, everything else
+:class:`~gainbench.data.domains.DomainData` needs (validation bytes, document counts), so a
+run's rows and ``run.json`` are identical with and without the cache.
+
+The key is a SHA-256 of:
+
+* the tokenizer's *content*, not its name: the backend's JSON (vocabulary, merges, normaliser,
+  pre-tokeniser, decoder, added tokens; its padding/truncation state is left out, since every
+  call sets it), the Python class, the EOS id, the decode clean-up flag, and the tokenizers and
+  transformers versions. A hub id and a local copy of it share entries; two tokenizers that
+  differ anywhere never do. Slow (pure Python) tokenizers have no such description and are
+  not cached.
+* the domain: its source options, ``min_chars``, ``validation_percent``, and a hash of its
+  documents' ids and texts, so an edited local file behind the same glob is tokenised again;
+* the block length and the domain's train and validation token budgets.
+
+Writes go to a temporary file in the same folder and are renamed into place (``os.replace``):
+concurrent jobs see a whole entry or none. An entry that cannot be read counts as absent and
+is rewritten; a folder that cannot be written (a read-only shared cache) only costs the
+tokenising. The folder can be deleted at any time.
+
+``GAINBENCH_TOKEN_CACHE=0`` (or ``false``/``off``/``no``) turns the cache off: no reads, no writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gainbench.paths import cache_dir
+
+ENV_SWITCH = "GAINBENCH_TOKEN_CACHE"
+FORMAT = 1  # bump when the entry layout or the packing changes: old entries are then ignored
+
+_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class PackedDomain:
+    """What tokenising a domain produces; the rest of DomainData is derived from it and the spec."""
+
+    train_blocks: torch.Tensor
+    val_blocks: torch.Tensor
+    val_bytes: int
+    val_stream_bytes: int
+    train_documents: int
+    val_documents: int
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def folder() -> Path:
+    return cache_dir() / "tokenized"
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A hash of everything that decides the token ids and decoded bytes, or None when the
+    tokenizer cannot be described (a slow tokenizer: not cached). Memoised per tokenizer
+    object, since serialising a 150K-token vocabulary takes a few hundred milliseconds."""
+    try:
+        return _fingerprints[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    import tokenizers
+    import transformers
+
+    description = json.loads(backend.to_str())
+    description.pop("padding", None)     # call-time settings, not the tokenizer
+    description.pop("truncation", None)
+    identity = {
+        "backend": _sha256(json.dumps(description, sort_keys=True)),
+        "class": type(tokenizer).__name__,
+        "eos_token_id": tokenizer.eos_token_id,
+        "clean_up_tokenization_spaces": getattr(tokenizer, "clean_up_tokenization_spaces", None),
+        "versions": [tokenizers.__version__, transformers.__version__],
+    }
+    fingerprint = _sha256(json.dumps(identity, sort_keys=True))
+    try:
+        _fingerprints[tokenizer] = fingerprint
+    except TypeError:  # not weak-referenceable: recompute next time
+        pass
+    return fingerprint
+
+
+def documents_fingerprint(train_docs, val_docs) -> str:
+    """A hash of both splits' ids and texts, in split order (itself fixed by the ids)."""
+    digest = hashlib.sha256()
+    for split in (train_docs, val_docs):
+        digest.update(b"\x00split\x00")
+        for doc in split:
+            for part in (doc.doc_id, doc.text):
+                data = part.encode("utf-8", errors="surrogatepass")
+                digest.update(len(data).to_bytes(8, "little"))
+                digest.update(data)
+    return digest.hexdigest()
+
+
+def entry_key(tokenizer, spec, train_docs, val_docs, block_len: int, train_tokens: int,
+              val_tokens: int) -> str | None:
+    """The entry's name, or None when this tokenizer is not cacheable."""
+    tokenizer_id = tokenizer_fingerprint(tokenizer)
+    if tokenizer_id is None:
+        return None
+    identity = {
+        "format": FORMAT, "tokenizer": tokenizer_id,
+        "domain": {"source": spec.source, "min_chars": spec.min_chars,
+                   "validation_percent": spec.validation_percent},
+        "documents": documents_fingerprint(train_docs, val_docs),
+        "block_len": block_len, "train_tokens": train_tokens, "val_tokens": val_tokens,
+    }
+    return _sha256(json.dumps(identity, sort_keys=True, default=str))
+
+
+def load(key: str) -> PackedDomain | None:
+    """The cached entry, or None if absent or unreadable."""
+    from safetensors import safe_open
+
+    path = folder() / f"{key}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["gainbench"])
+            train, val = f.get_tensor("train"), f.get_tensor("val")
+        if meta.get("format") != FORMAT:
+            return None
+        return PackedDomain(train.long(), val.long(), int(meta["val_bytes"]),
+                            int(meta["val_stream_bytes"]), int(meta["train_documents"]),
+                            int(meta["val_documents"]))
+    except Exception as err:  # noqa: BLE001 - any damage means "not cached"; it is rewritten
+        print(f"gainbench: ignoring unreadable token cache entry {path} ({type(err).__name__})",
+              file=sys.stderr)
+        return None
+
+
+def store(key: str, packed: PackedDomain, about: dict) -> None:
+    """Write an entry atomically; ``about`` (domain name, tokenizer name) is for people only."""
+    from safetensors.torch import save
+
+    meta = {"format": FORMAT, "val_bytes": packed.val_bytes,
+            "val_stream_bytes": packed.val_stream_bytes,
+            "train_documents": packed.train_documents, "val_documents": packed.val_documents,
+            "about": about}
+    tensors = {"train": _compact(packed.train_blocks), "val": _compact(packed.val_blocks)}
+    target = folder()
+    tmp = None
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        data = save(tensors, metadata={"gainbench": json.dumps(meta, sort_keys=True)})
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=target)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
+        os.replace(tmp, target / f"{key}.safetensors")
+    except OSError as err:  # read-only or full cache: the run goes on, uncached
+        print(f"gainbench: could not write the token cache in {target} ({err}); set "
+              f"{ENV_SWITCH}=0 to stop trying", file=sys.stderr)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _compact(blocks: torch.Tensor) -> torch.Tensor:
+    # int32 halves the files; token ids always fit (vocabularies are far below 2**31)
+    if blocks.numel() and int(blocks.max()) >= 2**31:
+        return blocks.contiguous()
+    return blocks.to(torch.int32).contiguous()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

