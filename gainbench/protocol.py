@@ -28,6 +28,7 @@ from gainbench.results.store import RunStore
 from gainbench.results.summary import print_summary
 from gainbench.results.wandb_mirror import WandbMirror
 from gainbench.settings import RunSettings, settings_from_config
+from gainbench.training.checkpoint import StageCheckpoint
 from gainbench.training.loop import train_stage
 
 
@@ -94,13 +95,18 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
     if getattr(method, "replay_fraction", 0):  # replay_lora: earlier domains' text mixed in
         blocks = mix_in_replay(blocks, [d.train_blocks for d in domains[:stage - 1]],
                                method.replay_fraction, seed=seed)
+    checkpoint = (StageCheckpoint(store.partial_stage_path(stage), settings.train.checkpoint_every)
+                  if settings.train.checkpoint_every else None)
     training = train_stage(adapted, params, blocks, settings.train, seed=seed,
                            exempt_from_weight_decay=method.exempt_from_weight_decay,
                            regularization=lambda: method.regularization(adapted),
-                           desc=f"stage {stage}/{len(domains)} train {domain.name}")
+                           desc=f"stage {stage}/{len(domains)} train {domain.name}",
+                           checkpoint=checkpoint)
     method.after_training(adapted, blocks, settings.train.batch_size)
     store.save_stage_state(stage, method.stage_state(adapted),
                            keep_only_latest=method.state_is_full_model)
+    if checkpoint:  # the stage's own state now covers it
+        checkpoint.clear()
     training = dataclasses.replace(training, trainable_params=count_parameters(params.values()))
     return method.absorb(adapted), training
 
@@ -208,6 +214,8 @@ def _column_span_rows(model, base_weights):
 def _training_rows(training):
     values = {"train_loss_mean": training.mean_loss, "train_loss_final": training.final_loss,
               "trainable_params": training.trainable_params, "train_seconds": training.seconds}
+    if training.skipped_batches:  # only with train.nonfinite=skip
+        values["skipped_batches"] = training.skipped_batches
     return [dict(eval_kind="train", eval_name="train", metric=k, value=float(v), n=training.tokens)
             for k, v in values.items()]
 

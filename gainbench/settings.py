@@ -147,6 +147,9 @@ def settings_from_config(cfg) -> RunSettings:
             schedule=train.get("schedule", "cosine"),
             warmup_fraction=float(train.get("warmup_fraction", 0.1)),
             max_grad_norm=float(train.get("max_grad_norm", 1.0)),
+            # absent from train/default.yaml (+train.checkpoint_every=N, +train.nonfinite=skip)
+            checkpoint_every=int(train.get("checkpoint_every", 0)),
+            nonfinite=str(train.get("nonfinite", "stop")),
         ),
         eval_batch_size=int(evaluation.get("batch_size", 8)),
         # absent from eval/default.yaml (add it with +eval.stride=N) so default run ids stay put

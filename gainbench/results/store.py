@@ -77,6 +77,10 @@ class RunStore:
     def load_stage_state(self, stage: int) -> dict[str, torch.Tensor]:
         return load_file(self.stage_state_path(stage))
 
+    def partial_stage_path(self, stage: int) -> Path:
+        """In-stage checkpoint of a stage still training (gainbench.training.checkpoint)."""
+        return self.run_dir / "stages" / f"partial_stage_{stage}.pt"
+
     def stage_state_path(self, stage: int) -> Path:
         return self.run_dir / "stages" / f"stage_{stage}.safetensors"
 

@@ -1,0 +1,101 @@
+"""Checkpoints inside a stage: a job killed mid-stage continues from its last checkpoint and ends
+with the same rows, bitwise, as an uninterrupted run; non-finite losses stop or skip."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from gainbench.errors import GainbenchError
+from gainbench.protocol import run
+from gainbench.training.checkpoint import StageCheckpoint
+from gainbench.training.loop import TrainSettings, train_stage
+from tests.conftest import compose_config
+
+SMOKE = ["experiment=smoke", "sequence.order=[kjv_bible,icd10_medical,python_code]",
+         "eval.lm_eval.stages=none", "eval.diagnostics.stages=none", "+train.checkpoint_every=1"]
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL/preemption: not an Exception, so nothing catches it."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gain_ffn", "lora"])
+def test_a_kill_inside_a_stage_resumes_from_its_checkpoint_with_identical_rows(
+        tmp_path, monkeypatch, method):
+    reference = run(compose_config(SMOKE + [f"method={method}", f"results_dir={tmp_path / 'a'}"]))
+
+    cfg = compose_config(SMOKE + [f"method={method}", f"results_dir={tmp_path / 'b'}"])
+    real_save, real_restore, saves, restored = StageCheckpoint.save, StageCheckpoint.restore, [], []
+
+    def save_then_die(self, steps_done, *args):
+        real_save(self, steps_done, *args)
+        saves.append((self.path.name, steps_done))
+        if self.path.name == "partial_stage_2.pt" and steps_done == 2:
+            raise Killed  # after step 2 of 4 of stage 2, its checkpoint on disk
+
+    def spy_restore(self, *args):
+        out = real_restore(self, *args)
+        restored.append((self.path.name, out[0]))
+        return out
+
+    monkeypatch.setattr(StageCheckpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        run(cfg)
+    run_dir = next((tmp_path / "b").glob("*/run.json")).parent
+    assert json.loads((run_dir / "run.json").read_text())["finished_stages"] == [0, 1]
+    assert (run_dir / "stages" / "partial_stage_2.pt").exists()
+
+    monkeypatch.setattr(StageCheckpoint, "save", real_save)
+    monkeypatch.setattr(StageCheckpoint, "restore", spy_restore)
+    resumed = run(cfg)
+    assert ("partial_stage_2.pt", 2) in restored  # continued after step 2, not from scratch
+    assert not list((resumed / "stages").glob("partial_*"))  # cleared once each stage is saved
+    ref_rows = pd.read_parquet(reference / "rows.parquet")
+    new_rows = pd.read_parquet(resumed / "rows.parquet")
+    keep = lambda r: r[r.metric != "train_seconds"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(keep(ref_rows), keep(new_rows))  # bitwise, on CPU
+
+
+class _Toy(torch.nn.Module):
+    """loss = (w - 2)^2, NaN on the batches whose first token is 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, labels):
+        loss = (self.w - 2) ** 2
+        if (input_ids[:, 0] == 0).any():
+            loss = loss * float("nan")
+        return type("Out", (), {"loss": loss})()
+
+
+def _blocks(first_tokens):
+    return torch.tensor([[t, 1, 1] for t in first_tokens])
+
+
+def test_a_nonfinite_loss_names_the_step_and_the_last_checkpoint(tmp_path):
+    model = _Toy()
+    checkpoint = StageCheckpoint(tmp_path / "partial.pt", every=1)
+    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
+    blocks = _blocks([5, 0])  # order is seeded; find which step meets the NaN
+    with pytest.raises(GainbenchError, match=r"loss is nan at step \d/2.*(partial\.pt|train\.nonfinite=skip)"):
+        train_stage(model, {"w": model.w}, blocks, settings, seed=0, checkpoint=checkpoint)
+
+
+def test_nonfinite_skip_drops_the_batch_and_counts_it():
+    model = _Toy()
+    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant", nonfinite="skip")
+    result = train_stage(model, {"w": model.w}, _blocks([5, 0, 6, 0]), settings, seed=0)
+    assert result.skipped_batches == 2
+    assert torch.isfinite(model.w) and model.w.item() > 0  # two good steps moved it toward 2
+
+
+def test_checkpoint_settings_are_checked():
+    with pytest.raises(GainbenchError, match="nonfinite must be stop or skip"):
+        TrainSettings(lr=1e-3, nonfinite="retry")
+    with pytest.raises(ValueError, match=">= 1 step"):
+        StageCheckpoint("x.pt", every=0)
