@@ -38,6 +38,7 @@ def run(cfg) -> Path:
     method = make_method(settings.method_name, **settings.method_options)
     results_dir = Path(settings.resolved_config.get("results_dir", "runs"))
     store = RunStore(results_dir / settings.run_id)
+    store.check(settings.run_id)
     last_stage = len(settings.domains)
     done = store.finished_stages()
     if len(done) == last_stage + 1:
@@ -47,6 +48,16 @@ def run(cfg) -> Path:
 
     device = _device(settings.resolved_config.get("device", "auto"))
     model, tokenizer, domains = _setup_model_and_data(settings, device)
+    with store.lock():  # after every input check: bad input leaves no folder behind
+        return _run_stages(settings, method, store, model, tokenizer, domains, device)
+
+
+def _run_stages(settings, method, store, model, tokenizer, domains, device) -> Path:
+    last_stage = len(settings.domains)
+    done = store.finished_stages()  # again, under the lock
+    if len(done) == last_stage + 1:
+        print(f"gainbench: run {settings.run_id} finished meanwhile ({store.run_dir}); nothing to do")
+        return store.run_dir
     meta = store.meta() or _initial_meta(settings, model, device, domains)
     # The diagnostic compares against the base weights: copy them before any stage changes them.
     base_weights = (snapshot_weights(model, list(settings.diagnostics.targets))

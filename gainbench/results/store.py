@@ -8,14 +8,19 @@ at any point resumes from the last finished stage with nothing half-written.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+
+from gainbench.errors import GainbenchError
 
 ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_domain",
                "eval_kind", "eval_name", "metric", "value", "stderr", "n",
@@ -51,6 +56,50 @@ class RunStore:
 
     def exists(self) -> bool:
         return self.meta_path.exists()
+
+    def check(self, run_id: str) -> None:
+        """Refuse a folder this run did not write, rather than overwrite or trust it: a run.json
+        that does not parse or belongs to another run, or rows that cannot be read."""
+        if not self.exists():
+            return
+        fix = f"move {self.run_dir} away (or delete it) to start this run afresh"
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise GainbenchError(f"{self.meta_path} is not a readable run.json ({err}); {fix}") from None
+        if not isinstance(meta, dict) or meta.get("run_id") != run_id:
+            found = meta.get("run_id") if isinstance(meta, dict) else type(meta).__name__
+            raise GainbenchError(f"{self.meta_path} belongs to run {found!r}, not {run_id!r}; {fix}")
+        if meta.get("finished_stages") and self.rows_path.exists():
+            try:
+                pd.read_parquet(self.rows_path, columns=["stage"])
+            except Exception as err:  # pyarrow raises several types for a damaged file
+                raise GainbenchError(f"{self.rows_path} cannot be read ({err}); {fix}") from None
+
+    @contextmanager
+    def lock(self):
+        """Hold ``<run>/.lock`` (flock, released when the process dies) while this job writes
+        the folder: a second job of the same config fails at once instead of interleaving writes.
+        flock is reliable on local disks and most cluster filesystems (not on every NFS mount)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / ".lock"
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise GainbenchError(f"run folder {self.run_dir} is being written by another job "
+                                     f"({holder}); wait for it to finish, or run another seed or "
+                                     "config") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def meta(self) -> dict:
         return json.loads(self.meta_path.read_text()) if self.exists() else {}

@@ -43,3 +43,38 @@ def test_stage_state_round_trip_and_pruning(tmp_path):
     store.save_stage_state(2, state, keep_only_latest=True)
     assert not store.stage_state_path(1).exists()
     assert torch.equal(store.load_stage_state(2)["a.scale"], state["a.scale"])
+
+
+def test_a_corrupted_or_foreign_run_json_is_refused_not_overwritten(tmp_path):
+    import json
+
+    import pytest
+
+    from gainbench.errors import GainbenchError
+
+    store = RunStore(tmp_path / "run-a")
+    store.run_dir.mkdir()
+    store.meta_path.write_text('{"run_id": "run-a", "finished_st')  # a truncated file
+    with pytest.raises(GainbenchError, match="not a readable run.json.*move .* away"):
+        store.check("run-a")
+    store.meta_path.write_text(json.dumps({"run_id": "run-b", "finished_stages": [0]}))
+    with pytest.raises(GainbenchError, match="belongs to run 'run-b', not 'run-a'"):
+        store.check("run-a")
+    store.meta_path.write_text(json.dumps({"run_id": "run-a", "finished_stages": [0]}))
+    store.rows_path.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(GainbenchError, match="rows.parquet cannot be read"):
+        store.check("run-a")
+
+
+def test_a_second_job_on_the_same_run_folder_fails_at_once(tmp_path):
+    import pytest
+
+    from gainbench.errors import GainbenchError
+
+    store = RunStore(tmp_path / "run-a")
+    with store.lock():
+        with pytest.raises(GainbenchError, match=r"being written by another job \(pid \d+ on "):
+            with RunStore(tmp_path / "run-a").lock():
+                pass
+    with RunStore(tmp_path / "run-a").lock():  # released: the next job may go on
+        pass
