@@ -50,6 +50,10 @@ class Run:
         return int(self.config["seed"])
 
     @property
+    def lr(self) -> float:
+        return float(self.config.get("train", {}).get("lr") or self.config["method"].get("lr") or 0.0)
+
+    @property
     def run_id(self) -> str:
         return self.meta.get("run_id", self.path.name)
 
@@ -98,7 +102,7 @@ def load_runs(paths, warn=sys.stderr) -> list[Run]:
                       f"using the latter", file=warn)
             continue
         kept[key] = run
-    return sorted(kept.values(), key=lambda r: (r.model, r.sequence, r.method, r.variant, r.seed))
+    return sorted(kept.values(), key=lambda r: (r.model, r.sequence, r.method, r.lr, r.variant, r.seed))
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
