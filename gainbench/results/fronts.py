@@ -74,14 +74,16 @@ def compare_at(points_a: pd.DataFrame, points_b: pd.DataFrame, reference: str, a
                n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
     """y_A(at) - y_B(at) with a bootstrap interval over seeds.
 
-    The bounds are NaN with one seed per point, and when fewer than 80% of the replicates
+    The bounds are NaN when any point of either curve has one seed, and when fewer than 80% of the replicates
     still reach ``at`` (resampled seeds move a curve's ends; a comparison at the very edge of
     a range is not resampled into an interval)."""
     groups_a, groups_b = _by_variant(points_a, reference), _by_variant(points_b, reference)
     a, b = interpolate(*_curve(groups_a), at), interpolate(*_curve(groups_b), at)
     out = {"at gain": at, "A": a, "B": b, "A - B": a - b, "lo": np.nan, "hi": np.nan,
            "replicates": 0}
-    several = max(len(g) for g in groups_a + groups_b) > 1
+    # every point of both curves needs >= 2 seeds: a one-seed point has no spread to resample,
+    # and an interval from one side's noise alone would be too narrow
+    several = min(len(g) for g in groups_a + groups_b) > 1
     if np.isnan(a - b) or not several:
         return out
     rng = np.random.default_rng(seed)
