@@ -1,10 +1,12 @@
 """Evaluation throughput: gainbench's pooled-NLL evaluation vs a bare ``model(input_ids)`` loop.
 
     python benchmarks/eval_throughput.py [--model smollm2|tiny] [--blocks 16] [--reps 5]
+                                         [--threads 1] [--quick] [--out DIR]
 
 Both sides run over the same blocks, in the same process, interleaved (A B A B ...) after a
 warm-up, so machine load hits both alike. Prints tokens/s of each and the ratio
-harness/bare (target >= 0.95), and writes results/bench/eval_throughput.json.
+harness/bare (target >= 0.95), and writes eval_throughput.json under --out (default
+results/bench/). ``--quick`` (tiny model, 4 short blocks, one repetition) is what the tests run.
 """
 
 import argparse
@@ -47,7 +49,14 @@ def main():
     parser.add_argument("--block-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small sizes, one repetition")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
+    if args.quick:
+        args.model, args.blocks, args.block_len, args.batch_size, args.reps = "tiny", 4, 32, 2, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load(args.model)
     blocks = torch.randint(0, model.config.vocab_size, (args.blocks, args.block_len),
@@ -75,7 +84,7 @@ def main():
     for name, t in times.items():
         print(f"{name:10}{tokens / statistics.median(t):>20.1f}{min(t):>10.3f}{max(t):>10.3f}")
     print(f"ratio harness / bare: {result['ratio_harness_over_bare']:.3f} (target >= 0.95)")
-    out = Path("results/bench/eval_throughput.json")
+    out = args.out / "eval_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

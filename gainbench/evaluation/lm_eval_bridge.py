@@ -9,6 +9,9 @@ Traps handled here (DESIGN.md section 8):
 * ``log_samples`` defaults on and keeps every sample in memory: off.
 * Our tasks (``tasks/``) are indexed alone when they are all that is asked (about 4 s saved);
   a built-in lm-eval name such as ``boolq`` needs the full index, which includes ours.
+* Every ``simple_evaluate`` ends with ``add_env_info``, torch's ``collect_env`` (a ``pip list``
+  subprocess, ~1 s): it is computed once per process (``_env_info_once``). It was 69% of a smoke
+  run's time (benchmarks/protocol_profile.py: smoke run 2.4x faster); run.json has the versions.
 """
 
 from __future__ import annotations
@@ -106,6 +109,26 @@ def _configs_hash(configs: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_ENV_INFO: dict = {}
+
+
+def _env_info_once() -> None:
+    """Make lm-eval's per-call environment report a once-per-process one (same keys, values)."""
+    import lm_eval.evaluator as evaluator
+
+    if getattr(evaluator.add_env_info, "gainbench_cached", False):
+        return
+    compute = evaluator.add_env_info
+
+    def cached(results: dict) -> None:
+        if not _ENV_INFO:
+            compute(_ENV_INFO)
+        results.update(_ENV_INFO)
+
+    cached.gainbench_cached = True
+    evaluator.add_env_info = cached
+
+
 def run_lm_eval(
     model,
     tokenizer,
@@ -129,6 +152,7 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
+    _env_info_once()
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise GainbenchError("no lm-eval tasks given; name at least one, e.g. gb_boolq_mini")
