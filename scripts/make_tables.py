@@ -4,6 +4,7 @@
     python scripts/make_tables.py runs/ --tables earlier downstream   # a selection
     python scripts/make_tables.py runs/ --out tables/                 # <name>.md and <name>.tex
     python scripts/make_tables.py runs/ --tables runs --columns method "BWT (nats)"
+    python scripts/make_tables.py runs/sweep --tables matched --matched-at 2 4 8
 
 Reads rows.parquet and run.json of every run folder under the given paths (one machine's or a
 whole SLURM sweep's); runs no model. Tables are defined in gainbench/results/tables.py.
@@ -25,9 +26,12 @@ def main() -> None:
     parser.add_argument("--latex", action="store_true", help="print LaTeX instead of Markdown")
     parser.add_argument("--out", type=Path, help="write <table>.md and <table>.tex here")
     parser.add_argument("--columns", nargs="+", help="only these columns (with one table)")
+    parser.add_argument("--matched-at", nargs="+", type=float, metavar="GAIN",
+                        help="in-domain gains (%%) at which the matched table compares methods "
+                             "(default: the middle of each pair's common range)")
     args = parser.parse_args()
     try:
-        tables = build_tables(args.paths, args.tables)
+        tables = build_tables(args.paths, args.tables, args.matched_at)
     except (FileNotFoundError, KeyError) as err:
         sys.exit(f"make_tables: error: {err.args[0]}")
     if args.columns:

@@ -139,10 +139,12 @@ def runs_table(runs):
     return [("", comparison_table(runs=runs))]
 
 
-def matched_table(runs):
+def matched_table(runs, at=None):
+    """At the middle of each pair's common gain range, or at each in-domain gain of ``at``."""
     from gainbench.results.fronts import matched_comparison
 
-    table = matched_comparison(runs)
+    tables = [matched_comparison(runs, at=g) for g in (at or [None])]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if table.empty:
         return []
     return [("", table.set_index(["model", "method A", "method B", "earlier change"]))]
@@ -188,14 +190,17 @@ TABLES: dict[str, Table] = {
 }
 
 
-def build_tables(paths, names=None) -> dict[str, list[tuple[str, pd.DataFrame]]]:
+def build_tables(paths, names=None, matched_at=None) -> dict[str, list[tuple[str, pd.DataFrame]]]:
+    """``matched_at``: in-domain gains (%) at which the ``matched`` table compares the fronts
+    (default: the middle of each pair's common range)."""
     runs = load_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no run folders (with run.json) under {list(map(str, paths))}")
     unknown = sorted(set(names or ()) - set(TABLES))
     if unknown:
         raise KeyError(f"unknown table(s) {unknown}; known: {sorted(TABLES)}")
-    return {name: TABLES[name].build(runs) for name in (names or TABLES)}
+    return {name: (matched_table(runs, matched_at) if name == "matched" else TABLES[name].build(runs))
+            for name in (names or TABLES)}
 
 
 # --- one line per run ------------------------------------------------------------------------

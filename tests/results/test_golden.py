@@ -150,3 +150,10 @@ def test_matched_comparison_interpolates_the_reference_front(tables):
     assert row["A"] == pytest.approx(-13.75)
     assert row["B"] == pytest.approx(0 + (gain_a - 5.0) / (gain_lr3 - 5.0) * 15.0)
     assert np.isnan(row["lo"]) and row["reading"].startswith("no interval")
+
+
+def test_matched_comparison_at_a_chosen_gain_outside_a_front_is_no_comparison():
+    (_, table), = build_tables([GOLDEN], ["matched"], matched_at=[10.0])["matched"]
+    row = table.loc[("tiny", "gain_ffn", "lora", "vs base")]
+    assert row["at gain"] == 10.0 and np.isnan(row["A - B"])  # gain_ffn's front is one point, ~16.5
+    assert row["reading"].startswith("no comparison")
