@@ -39,6 +39,22 @@ def add_common_args(parser, reps: int = 3):
     return parser
 
 
+def add_training_step_args(parser):
+    """The model and step shape that train_step.py and method_cost.py both time."""
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed stage")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=64)
+    return add_common_args(parser)
+
+
+def quick_training_step(args) -> None:
+    """--quick for the training-step benchmarks: the tiny model, short blocks."""
+    if args.quick:
+        args.model, args.steps, args.seq_len = "tiny", 2, 32
+
+
 def setup(args) -> None:
     if args.quick:
         args.reps = 1

@@ -177,15 +177,9 @@ def worker_result(name, process: subprocess.Popen) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
-    parser.add_argument("--methods", nargs="+", default=list(_bench.METHODS))
-    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed stage")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = _bench.add_common_args(parser).parse_args()
-    if args.quick:
-        args.model, args.steps, args.seq_len = "tiny", 2, 32
+    args = _bench.add_training_step_args(parser).parse_args()
+    _bench.quick_training_step(args)
     _bench.setup(args)
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args)))
