@@ -49,23 +49,35 @@ def _style(method: str) -> dict:
     return {"marker": "o", "markersize": 7, "linewidth": 1.2, "zorder": 2, "color": _color(method)}
 
 
+def _diverging_cells(ax, values: np.ndarray, **imshow_kwargs):
+    """Draw ``values`` (percent changes) with a diverging map centred on zero, each cell
+    labelled; returns the image for a colour bar."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    limit = max(float(np.nanmax(np.abs(values))), 1e-6)
+    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), **imshow_kwargs)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+    return image
+
+
+def _nll_rows(run: Run, kind: str):
+    """The run's NLL rows of one analysis (interpolation, combination); empty if it did not run."""
+    return run.rows[(run.rows["eval_kind"] == kind) & (run.rows["metric"] == "nll")]
+
+
 def ppl_change_heatmaps(runs: list[Run]):
     """Per run: dPPL% of every domain after every stage, against the base model."""
     plt = _plt()
-    from matplotlib.colors import TwoSlopeNorm
-
     out = []
     for run in runs:
         L = run.loss_matrix
         change = _pct(L.values[1:] - L.values[0])
-        limit = max(float(np.nanmax(np.abs(change))), 1e-6)
         fig, ax = plt.subplots(figsize=(1.1 * len(run.domains) + 2.5, 0.55 * len(change) + 2.2))
-        image = ax.imshow(change, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto")
-        for k in range(change.shape[0]):
-            for j in range(change.shape[1]):
-                ax.text(j, k, f"{change[k, j]:+.1f}", ha="center", va="center", fontsize=8)
-            if k < len(run.domains):  # outline the domain trained at this stage
-                ax.add_patch(plt.Rectangle((k - 0.5, k - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+        image = _diverging_cells(ax, change, aspect="auto")
+        for k in range(min(change.shape[0], len(run.domains))):  # outline the domain just trained
+            ax.add_patch(plt.Rectangle((k - 0.5, k - 0.5), 1, 1, fill=False, lw=2, ec="black"))
         ax.set_xticks(range(len(run.domains)), run.domains, rotation=35, ha="right")
         ax.set_yticks(range(change.shape[0]),
                       [f"{k}: {run.domains[k - 1]}" for k in L.index[1:]])
@@ -176,7 +188,7 @@ def interpolation_curves(runs: list[Run]):
     plt = _plt()
     out = []
     for run in runs:
-        rows = run.rows[(run.rows["eval_kind"] == "interpolation") & (run.rows["metric"] == "nll")]
+        rows = _nll_rows(run, "interpolation")
         if rows.empty:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -209,7 +221,7 @@ def combination_grids(runs: list[Run]):
     plt = _plt()
     out = []
     for run in runs:
-        rows = run.rows[(run.rows["eval_kind"] == "combination") & (run.rows["metric"] == "nll")]
+        rows = _nll_rows(run, "combination")
         if rows.empty:
             continue
         b_stage = int(rows["stage"].iloc[0])
@@ -221,15 +233,9 @@ def combination_grids(runs: list[Run]):
                   f"{dom_b} (stage B)": rows[rows["eval_name"] == dom_b].set_index(["a", "b"])["change"],
                   "other domains (mean)": others}
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-        from matplotlib.colors import TwoSlopeNorm
         for ax, (title, values) in zip(axes, panels.items()):
             grid = values.unstack("b").sort_index().sort_index(axis=1)
-            limit = max(float(np.abs(grid.values).max()), 1e-6)
-            image = ax.imshow(grid.values, origin="lower", cmap="RdBu_r",
-                              norm=TwoSlopeNorm(0.0, -limit, limit))
-            for i in range(grid.shape[0]):
-                for j in range(grid.shape[1]):
-                    ax.text(j, i, f"{grid.values[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+            image = _diverging_cells(ax, grid.values, origin="lower")
             ax.set_xticks(range(grid.shape[1]), [f"{b:g}" for b in grid.columns])
             ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
             ax.set_xlabel("b (scale of stage B's update)")
