@@ -14,13 +14,12 @@ positive change is a token whose loss rose (forgetting), a negative one a token 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from gainbench.evaluation.perplexity import token_nll
+from gainbench.results.store import atomic_write
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -55,17 +54,13 @@ def save_per_token(path: str | os.PathLike, losses: torch.Tensor) -> None:
     loss of 4 nats) and saturates at 65504 (an ``inf`` NLL stays ``inf``). The file is written to
     a temporary name in the same folder and renamed, so a reader never sees half a file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = losses.detach().cpu().to(torch.float16).numpy()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:   # a file object: np.save would append ".npy" to a name
+
+    def write(tmp):
+        with open(tmp, "wb") as f:   # a file object: np.save would append ".npy" to a name
             np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write)
 
 
 def load_per_token(path: str | os.PathLike) -> torch.Tensor:

@@ -30,7 +30,7 @@ def front_points(runs: list[Run]) -> pd.DataFrame:
         if np.isnan(m["in-domain dPPL%"]):
             continue
         lines.append({"model": run.model, "method": run.method, "variant": run.variant,
-                      "lr": run.config.get("train", {}).get("lr", np.nan), "seed": run.seed,
+                      "lr": run.lr, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
     return pd.DataFrame(lines, columns=["model", "method", "variant", "lr", "seed", "gain",

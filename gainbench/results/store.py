@@ -28,7 +28,10 @@ ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_
                "alpha", "a", "b"]
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed onto it:
+    a reader (or a job killed mid-write) never sees half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -45,7 +48,7 @@ def write_json(path: Path, data: dict) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 class RunStore:
@@ -117,7 +120,7 @@ class RunStore:
                          keep_only_latest: bool = False) -> None:
         path = self.stage_state_path(stage)
         tensors = {k: v.contiguous() for k, v in state.items()}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
         if keep_only_latest:  # a full model copy per stage would not fit on disk for 7B+
             for old in path.parent.glob("stage_*.safetensors"):
                 if old != path:
@@ -138,8 +141,8 @@ class RunStore:
         new = pd.DataFrame(stage_rows, columns=ROW_COLUMNS)
         old = self.rows()
         rows = new if old.empty else pd.concat([old, new], ignore_index=True)
-        _atomic_write(self.rows_path, lambda tmp: rows.to_parquet(tmp, index=False))
-        _atomic_write(self.run_dir / "rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
+        atomic_write(self.rows_path, lambda tmp: rows.to_parquet(tmp, index=False))
+        atomic_write(self.run_dir / "rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
         meta = dict(meta)
         meta["finished_stages"] = sorted(set(self.finished_stages()) | {stage})
         write_json(self.meta_path, meta)

@@ -14,10 +14,11 @@ fine-tuning), never a frozen base model.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from gainbench.results.store import atomic_write
 
 
 class StageCheckpoint:
@@ -44,15 +45,7 @@ class StageCheckpoint:
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
     def restore(self, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> tuple[int, list[float]]:
         """Load the checkpoint into ``params``, ``optimizer`` and ``scheduler`` and the global RNG;
