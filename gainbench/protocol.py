@@ -2,10 +2,16 @@
 
     stage 0: evaluate the base model on every domain and on the lm-eval tasks
     for k in 1..T: attach, train on domain k, absorb, evaluate every domain, lm-eval, write, mark done
+
+Under ``train.strategy=ddp|fsdp`` every rank runs this loop on its own full copy of the weights:
+training and perplexity batches are split between ranks, lm-eval and the column-span diagnostic
+run on rank 0 while the others wait, and only rank 0 touches the run folder (lock, rows, stage
+state, run.json) and wandb.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import time
@@ -14,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gainbench import provenance
+from gainbench import distributed, provenance
 from gainbench.analysis.column_span import diagnose, snapshot_weights
 from gainbench.analysis.stage_analyses import StageAnalyses
 from gainbench.data.replay import mix_in_replay
@@ -46,56 +52,91 @@ def run(cfg) -> Path:
         print_summary(store.rows(), [d.name for d in settings.domains])
         return store.run_dir
 
-    device = _device(settings.resolved_config.get("device", "auto"))
-    model, tokenizer, domains = _setup_model_and_data(settings, device)
-    with store.lock():  # after every input check: bad input leaves no folder behind
-        return _run_stages(settings, method, store, model, tokenizer, domains, device)
+    ranks = distributed.init_ranks(settings.train.strategy)
+    try:
+        if ranks.world_size > 1 and settings.analysis.any:
+            raise GainbenchError("analysis=figures runs in one process; run it with "
+                                 "train.strategy=single (the perplexity rows are the same)")
+        device = _device(settings.resolved_config.get("device", "auto"), ranks)
+        model, tokenizer, domains = _setup_model_and_data(settings, device)
+        # after every input check: bad input leaves no folder behind; only rank 0 writes
+        with store.lock() if ranks.is_main else contextlib.nullcontext():
+            return _run_stages(settings, method, store, model, tokenizer, domains, device, ranks)
+    finally:
+        distributed.close(ranks)
 
 
-def _run_stages(settings, method, store, model, tokenizer, domains, device) -> Path:
+def _run_stages(settings, method, store, model, tokenizer, domains, device, ranks) -> Path:
     last_stage = len(settings.domains)
-    done = store.finished_stages()  # again, under the lock
+    done = ranks.broadcast(store.finished_stages())  # again, under rank 0's lock
     if len(done) == last_stage + 1:
         print(f"gainbench: run {settings.run_id} finished meanwhile ({store.run_dir}); nothing to do")
         return store.run_dir
-    meta = store.meta() or _initial_meta(settings, model, device, domains)
+    meta = store.meta() or _initial_meta(settings, model, device, domains, ranks)
     # The diagnostic compares against the base weights: copy them before any stage changes them.
     base_weights = (snapshot_weights(model, list(settings.diagnostics.targets))
                     if settings.diagnostics.stages != "none" and settings.diagnostics.targets else None)
     analyses = _stage_analyses(settings, method, store, domains)
-    mirror = WandbMirror(settings.resolved_config.get("logger") or {}, settings.run_id, store.run_dir)
+    logger = (settings.resolved_config.get("logger") or {}) if ranks.is_main else {}
+    mirror = WandbMirror(logger, settings.run_id, store.run_dir)
+    say = print if ranks.is_main else (lambda *args, **kwargs: None)
     if done:
-        print(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
+        say(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
         model = _replay_finished_stages(model, method, store, done, analyses)
 
     for stage in range(max(done, default=-1) + 1, last_stage + 1):
         started = time.perf_counter()
         training = None
         analyses.before_stage(model, stage)
-        if stage > 0:
-            model, training = _train_and_absorb(model, method, domains, stage, settings, store)
-        rows = _evaluate_perplexity(model, domains, settings, stage)
-        if settings.lm_eval.runs_at(stage, last_stage):
-            rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
-        if settings.diagnostics.runs_at(stage, last_stage):
-            rows += _column_span_rows(model, base_weights)
-        rows += analyses.after_stage(model, stage)
+        with _explain_out_of_memory(settings, stage):
+            if stage > 0:
+                model, training = _train_and_absorb(model, method, domains, stage, settings, store,
+                                                    ranks)
+            rows = _evaluate_perplexity(model, domains, settings, stage, ranks)
+            if ranks.is_main:  # one process each; the other ranks wait at the barrier below
+                if settings.lm_eval.runs_at(stage, last_stage):
+                    rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
+                if settings.diagnostics.runs_at(stage, last_stage):
+                    rows += _column_span_rows(model, base_weights)
+            rows += analyses.after_stage(model, stage)
         if training is not None:
             rows += _training_rows(training)
             meta["trainable_params"] = training.trainable_params
         meta["stage_seconds"][str(stage)] = round(time.perf_counter() - started, 2)
-        store.finish_stage(stage, [_with_run_columns(r, settings, stage) for r in rows], meta)
+        if ranks.is_main:
+            store.finish_stage(stage, [_with_run_columns(r, settings, stage) for r in rows], meta)
+        ranks.barrier()
         mirror.log_stage(stage, rows)
-        print(f"gainbench: stage {stage}/{last_stage} done in {meta['stage_seconds'][str(stage)]} s")
+        say(f"gainbench: stage {stage}/{last_stage} done in {meta['stage_seconds'][str(stage)]} s")
 
     mirror.finish()
-    print_summary(store.rows(), [d.name for d in settings.domains])
-    print(f"gainbench: results in {store.run_dir}")
+    if ranks.is_main:
+        print_summary(store.rows(), [d.name for d in settings.domains])
+    say(f"gainbench: results in {store.run_dir}")
     return store.run_dir
 
 
+@contextlib.contextmanager
+def _explain_out_of_memory(settings: RunSettings, stage: int):
+    """Out of memory: name what was being run and the keys that shrink it (exit code 2)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        train = settings.train
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        raise GainbenchError(
+            f"out of memory in stage {stage} with model '{settings.model.name}' "
+            f"(dtype {settings.model.dtype}), method '{settings.method_name}', "
+            f"train.batch_size={train.batch_size} over train.grad_accum_steps={train.grad_accum_steps} "
+            f"micro-batches, train.seq_len={settings.seq_len}, eval.batch_size="
+            f"{settings.eval_batch_size}, train.strategy={train.strategy} ({first_line}); "
+            "raise train.grad_accum_steps, set train.activation_checkpointing=true or "
+            "train.precision=bf16, lower eval.batch_size, or use train.strategy=fsdp on more "
+            "devices (lowering train.batch_size or train.seq_len changes the experiment)") from None
+
+
 def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: int,
-                      settings: RunSettings, store: RunStore):
+                      settings: RunSettings, store: RunStore, ranks: distributed.Ranks):
     """Attach a fresh adapter, train it on the stage's domain, save what reproduces the stage,
     absorb. Returns the plain model and the training statistics."""
     domain, seed = domains[stage - 1], _stage_seed(settings.seed, stage)
@@ -112,10 +153,11 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
                            exempt_from_weight_decay=method.exempt_from_weight_decay,
                            regularization=lambda: method.regularization(adapted),
                            desc=f"stage {stage}/{len(domains)} train {domain.name}",
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, ranks=ranks)
     method.after_training(adapted, blocks, settings.train.batch_size)
-    store.save_stage_state(stage, method.stage_state(adapted),
-                           keep_only_latest=method.state_is_full_model)
+    if ranks.is_main:
+        store.save_stage_state(stage, method.stage_state(adapted),
+                               keep_only_latest=method.state_is_full_model)
     if checkpoint:  # the stage's own state now covers it
         checkpoint.clear()
     training = dataclasses.replace(training, trainable_params=count_parameters(params.values()))
@@ -127,9 +169,11 @@ def _stage_seed(seed: int, stage: int) -> int:
     return seed * 1000 + stage
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, ranks: distributed.Ranks) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", ranks.local_rank) if ranks.world_size > 1 else torch.device("cuda")
     return torch.device(name)
 
 
@@ -176,7 +220,8 @@ def _stage_analyses(settings: RunSettings, method: Method, store: RunStore, doma
 
     analyses = StageAnalyses(
         settings.analysis, store.run_dir, domains,
-        evaluate=lambda model: _evaluate_perplexity(model, domains, settings, stage=None),
+        evaluate=lambda model: _evaluate_perplexity(model, domains, settings, stage=None,
+                                                    ranks=distributed.Ranks()),
         load_stage_state=store.load_stage_state,
         is_gain=isinstance(method, Gain) and method.absorb_each_stage,
         batch_size=settings.eval_batch_size)
@@ -184,18 +229,19 @@ def _stage_analyses(settings: RunSettings, method: Method, store: RunStore, doma
     return analyses
 
 
-def _evaluate_perplexity(model, domains: list[DomainData], settings: RunSettings, stage: int):
+def _evaluate_perplexity(model, domains: list[DomainData], settings: RunSettings, stage: int,
+                         ranks: distributed.Ranks):
     rows = []
     # disable=None: a bar on a terminal, nothing in a log file
     for domain in tqdm(domains, desc=f"stage {stage} eval" if stage is not None else "analysis eval",
-                       leave=False, disable=None):
+                       leave=False, disable=None if ranks.is_main else True):
         if settings.eval_stride:  # sliding window: every token scored once, with up to seq_len context
             result = strided_nll(model, domain.val_blocks.flatten(), domain.val_stream_bytes,
                                  context=settings.seq_len, stride=settings.eval_stride,
-                                 batch_size=settings.eval_batch_size)
+                                 batch_size=settings.eval_batch_size, ranks=ranks)
         else:
             result = validation_nll(model, domain.val_blocks, domain.val_bytes,
-                                    settings.eval_batch_size)
+                                    settings.eval_batch_size, ranks=ranks)
         for metric, value in (("nll", result.nll), ("ppl", result.ppl),
                               ("bpb", result.bits_per_byte)):
             rows.append(dict(eval_kind="ppl", eval_name=domain.name, metric=metric, value=value,
@@ -239,7 +285,8 @@ def _with_run_columns(row: dict, settings: RunSettings, stage: int) -> dict:
             "stderr": float("nan"), **row}
 
 
-def _initial_meta(settings: RunSettings, model, device, domains: list[DomainData]) -> dict:
+def _initial_meta(settings: RunSettings, model, device, domains: list[DomainData],
+                  ranks: distributed.Ranks) -> dict:
     return {
         "run_id": settings.run_id,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -247,6 +294,7 @@ def _initial_meta(settings: RunSettings, model, device, domains: list[DomainData
         "git": provenance.git_state(),
         "versions": provenance.package_versions(),
         "device": str(device),
+        "world_size": ranks.world_size,  # processes (train.strategy in config.train)
         "host": platform.node(),
         "domains": {d.name: d.info for d in domains},
         "model_params": count_parameters(model.parameters()),

@@ -21,6 +21,13 @@ from gainbench.training.loop import TrainSettings
 # Keys that say where results go or how they are shown, not what is measured: they do not
 # change the run id, so a rerun with another logger or results folder resumes the same run.
 NON_IDENTITY_KEYS = ("results_dir", "logger", "device", "progress")
+# train.* keys that say how a step is computed, not what it computes (the same rows, up to
+# floating-point summation order, or bitwise for checkpoints): a job requeued with more GPUs or
+# another strategy resumes its own run folder. run.json still records them.
+EXECUTION_TRAIN_KEYS = ("strategy", "grad_accum_steps", "activation_checkpointing", "checkpoint_every")
+# train.* values that change nothing when at this value, left out of the run id so that adding
+# the key did not move the ids of runs made before it existed.
+NEUTRAL_TRAIN_VALUES = {"precision": "fp32"}
 # `analysis=none` adds no rows and changes no number, so it is left out of the run id too; an
 # enabled analysis is part of it (a run with figures is a different run folder).
 NO_ANALYSIS = {"name": "none"}
@@ -95,9 +102,29 @@ def to_container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# A key named like a credential (hf_token, api_key, wandb_key, secret, password): its value would
+# be written to run.json and wandb. Credentials belong in the environment (HF_TOKEN, WANDB_API_KEY).
+SECRET_KEY = re.compile(r"(^|_)(api_key|secret|password|passwd)$|^(hf_|auth_|access_|api_|wandb_)?(token|key)$",
+                        re.IGNORECASE)
+
+
+def refuse_secrets(config: dict, where: str = "") -> None:
+    for key, value in config.items():
+        path = f"{where}.{key}" if where else str(key)
+        if SECRET_KEY.search(str(key)):
+            raise GainbenchError(f"config key '{path}' looks like a credential, and the resolved "
+                                 "config is written to run.json and wandb; remove it and set the "
+                                 "credential in the environment instead (HF_TOKEN, WANDB_API_KEY)")
+        if isinstance(value, dict):
+            refuse_secrets(value, path)
+
+
 def run_id_for(config: dict) -> str:
     """``<model>-<method>-<sequence>-seed<seed>-<hash of everything that changes results>``."""
     identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if isinstance(identity.get("train"), dict):
+        identity["train"] = {k: v for k, v in identity["train"].items()
+                             if k not in EXECUTION_TRAIN_KEYS and NEUTRAL_TRAIN_VALUES.get(k, object()) != v}
     if identity.get("analysis", NO_ANALYSIS) == NO_ANALYSIS:
         identity.pop("analysis", None)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
@@ -107,6 +134,7 @@ def run_id_for(config: dict) -> str:
 
 def settings_from_config(cfg) -> RunSettings:
     config = to_container(cfg)
+    refuse_secrets(config)
     sequence, train, evaluation = config["sequence"], config["train"], config["eval"]
     domain_table = sequence.get("domains") or {}
     order = list(sequence.get("order") or domain_table)
@@ -150,6 +178,10 @@ def settings_from_config(cfg) -> RunSettings:
             # absent from train/default.yaml (+train.checkpoint_every=N, +train.nonfinite=skip)
             checkpoint_every=int(train.get("checkpoint_every", 0)),
             nonfinite=str(train.get("nonfinite", "stop")),
+            strategy=str(train.get("strategy", "single")),
+            grad_accum_steps=int(train.get("grad_accum_steps", 1)),
+            activation_checkpointing=bool(train.get("activation_checkpointing", False)),
+            precision=str(train.get("precision", "fp32")),
         ),
         eval_batch_size=int(evaluation.get("batch_size", 8)),
         # absent from eval/default.yaml (add it with +eval.stride=N) so default run ids stay put

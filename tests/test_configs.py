@@ -102,3 +102,18 @@ def test_known_group_choices_and_plain_overrides_pass():
 def test_unknown_config_keys_are_clear_errors(override, message):
     with pytest.raises(GainbenchError, match=message):
         settings_from_config(compose_config([override]))
+
+
+@pytest.mark.parametrize("secret", ["+logger.api_key=abc", "+hf_token=hf_x", "+model.token=x",
+                                    "+logger.wandb_key=x"])
+def test_a_credential_in_the_config_is_refused_before_it_reaches_run_json(secret):
+    with pytest.raises(GainbenchError, match="looks like a credential.*environment"):
+        settings_from_config(compose_config([secret]))
+
+
+def test_execution_settings_leave_the_run_id_alone_but_bf16_does_not():
+    base = settings_from_config(compose_config([])).run_id
+    for same in (["train.strategy=fsdp"], ["train.grad_accum_steps=4"],
+                 ["train.activation_checkpointing=true"], ["+train.checkpoint_every=50"]):
+        assert settings_from_config(compose_config(same)).run_id == base
+    assert settings_from_config(compose_config(["train.precision=bf16"])).run_id != base

@@ -144,6 +144,22 @@ def test_a_nan_loss_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
     assert json.loads(next(tmp_path.glob("*/run.json")).read_text())["finished_stages"] == [0]
 
 
+def test_out_of_memory_names_the_sizes_and_the_keys_that_shrink_them(tmp_path, monkeypatch):
+    import torch
+
+    import gainbench.training.loop as loop
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "_forward_backward", no_memory)
+    with pytest.raises(GainbenchError, match=r"out of memory in stage 1 with model 'tiny-llama'.*"
+                       r"train.batch_size=4 .*train.seq_len=64.*Tried to allocate 2.00 GiB.*"
+                       r"raise train.grad_accum_steps, set train.activation_checkpointing=true"):
+        run(_bad_run(tmp_path))
+    assert json.loads(next(tmp_path.glob("*/run.json")).read_text())["finished_stages"] == [0]
+
+
 def _cli(*args, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "gainbench", *args, f"results_dir={tmp_path}"],

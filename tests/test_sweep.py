@@ -49,3 +49,19 @@ def test_lr_sweep_through_submitit_local_gives_one_folder_per_point(tmp_path):
 def test_l2_sweep_preset_is_lora_l2_over_its_penalty():
     cfg = compose_config(["experiment=l2_sweep", "method.options.l2=10"])
     assert cfg.method.name == "lora_l2" and cfg.method.options.l2 == 10
+
+
+@pytest.mark.slow
+def test_a_submitit_job_with_two_tasks_is_one_ddp_run_of_two_ranks(tmp_path):
+    # what `hydra/launcher=slurm hydra.launcher.tasks_per_node=8 train.strategy=fsdp` does on a node
+    subprocess.run([sys.executable, "-m", "gainbench", "-m", "hydra/launcher=submitit_local",
+                    "hydra.launcher.tasks_per_node=2", "train.strategy=ddp", "method=gain",
+                    f"results_dir={tmp_path}", *TINY_BUDGET],
+                   check=True, capture_output=True, text=True, timeout=600)
+    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["world_size"] == 2 and meta["finished_stages"] == [0, 1, 2]
+    # the run id ignores the strategy: the single-process run of this config resumes this folder
+    single = compose_config(["method=gain", f"results_dir={tmp_path}", *TINY_BUDGET])
+    from gainbench.settings import settings_from_config
+    assert settings_from_config(single).run_id == folder.name

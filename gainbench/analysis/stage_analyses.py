@@ -41,6 +41,11 @@ class AnalysisSettings:
                 raise GainbenchError(f"analysis.combination.stages must be two consecutive stages "
                                      f">= 1, e.g. [1, 2]; got {list(self.combination_stages)}")
 
+    @property
+    def any(self) -> bool:
+        """Whether any analysis runs at some stage."""
+        return bool(self.per_token_stages or self.interpolation_stages or self.combination_stages)
+
     @classmethod
     def from_config(cls, config: dict | None) -> "AnalysisSettings":
         config = config or {}

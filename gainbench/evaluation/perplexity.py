@@ -1,6 +1,11 @@
 """Validation perplexity, pooled: total NLL over total predicted tokens (DESIGN.md section 4).
 
 Never a mean of per-batch perplexities, so the result does not depend on the batch size.
+
+Under ``train.strategy=ddp|fsdp`` each rank scores a contiguous share of the batches and the
+per-batch float64 sums of all ranks are added in batch order: the same additions, in the same
+order, as one process scoring every batch, so the pooled NLL is the single-process number
+(bitwise, when the weights are bitwise the same).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from gainbench.distributed import Ranks
 
 
 @dataclass(frozen=True)
@@ -44,19 +51,33 @@ def token_nll(model, batch: torch.Tensor) -> torch.Tensor:
     return nll.view(batch.shape)[:, :-1]
 
 
+def _pooled(score_batch, n_batches: int, ranks: Ranks) -> tuple[float, int]:
+    """Sum of ``score_batch(i) -> (nll, n_tokens)`` over batches ``0..n_batches-1``, each rank
+    scoring its share, added in batch order."""
+    mine = [score_batch(i) for i in ranks.shard(n_batches)]
+    total, n_scored = 0.0, 0
+    for nll, n in ranks.gather(mine):
+        total += nll
+        n_scored += n
+    return total, n_scored
+
+
 @torch.inference_mode()
-def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 8) -> PooledNLL:
+def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 8,
+                   ranks: Ranks = Ranks()) -> PooledNLL:
     """Pooled NLL of ``blocks`` (``[n, block_len]`` token ids), each block scored on its own."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total = 0.0
-    for start in range(0, len(blocks), batch_size):
-        batch = blocks[start:start + batch_size].to(device)
+
+    def score(i):
+        batch = blocks[i * batch_size:(i + 1) * batch_size].to(device)
         # summed in float64: the total must not depend on batching
-        total += float(token_nll(model, batch).double().sum())
+        return float(token_nll(model, batch).double().sum()), batch.size(0) * (batch.size(1) - 1)
+
+    total, n_scored = _pooled(score, math.ceil(len(blocks) / batch_size), ranks)
     model.train(was_training)
-    return PooledNLL(total, blocks.size(0) * (blocks.size(1) - 1), n_bytes)
+    return PooledNLL(total, n_scored, n_bytes)
 
 
 def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
@@ -76,7 +97,7 @@ def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
 
 @torch.inference_mode()
 def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride: int,
-                batch_size: int = 8) -> PooledNLL:
+                batch_size: int = 8, ranks: Ranks = Ranks()) -> PooledNLL:
     """Pooled NLL of a 1-D token stream with a sliding window (the HF "perplexity of
     fixed-length models" recipe).
 
@@ -98,16 +119,17 @@ def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride:
     device = next(model.parameters()).device
     windows = _windows(len(tokens), context, stride)
     width = min(context, len(tokens))
-    total, n_scored = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
+
+    def score(i):
+        chunk = windows[i * batch_size:(i + 1) * batch_size]
         batch = torch.stack([tokens[b:b + width] for b, _ in chunk]).to(device)
         nll = token_nll(model, batch)
         # Target j + 1 of a window is scored when j + 1 >= that window's first scored position.
         firsts = torch.tensor([f for _, f in chunk], device=device)
         keep = torch.arange(1, width, device=device)[None, :] >= firsts[:, None]
         # Summed in float64 per window batch, so batching changes only rounding in the last digits.
-        total += float(nll.double()[keep].sum())
-        n_scored += int(keep.sum())
+        return float(nll.double()[keep].sum()), int(keep.sum())
+
+    total, n_scored = _pooled(score, math.ceil(len(windows) / batch_size), ranks)
     model.train(was_training)
     return PooledNLL(total, n_scored, n_bytes)

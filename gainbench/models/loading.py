@@ -3,6 +3,7 @@ SmolLM2, or a tiny random-init model."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,13 +75,29 @@ def load_model(spec: ModelSpec, device: torch.device,
 
 
 def _from_pretrained(spec: ModelSpec, path: str):
+    """Weights are read only from safetensors files: a pickle ``.bin`` checkpoint can run code
+    when it is loaded, so one without safetensors weights is refused (:func:`_no_safetensors`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Online, transformers would answer a hub repo with only .bin weights by asking HF's
+    # conversion Space for safetensors and loading them from the bot's pull request, a revision
+    # the repo's owner never published: refuse instead (unless this variable is set otherwise).
+    os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
     kwargs = dict(trust_remote_code=spec.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.dtype], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.dtype],
+                                                     use_safetensors=True, **kwargs)
     except OSError as err:
+        if _no_safetensors(path, err):
+            raise GainbenchError(
+                f"model '{spec.name}': '{path}' has no safetensors weights (model.safetensors or "
+                "model.safetensors.index.json); gainbench does not load pickle weights (.bin), "
+                "since unpickling can run code; convert them once where you trust the file: "
+                f"`AutoModelForCausalLM.from_pretrained('{path}').save_pretrained(OUT)` (and the "
+                "tokenizer's save_pretrained(OUT); transformers writes safetensors, before 4.35 add "
+                "safe_serialization=True), then set model.name_or_path=OUT; or use a copy or hub "
+                "revision of the model that has safetensors weights") from None
         where = "local folder" if Path(path).exists() else "HF hub id"
         hint = spec.download_hint or (
             f"on a machine with internet run `hf download {path}` and copy the HF cache "
@@ -89,6 +106,17 @@ def _from_pretrained(spec: ModelSpec, path: str):
         raise GainbenchError(f"cannot load model '{spec.name}' from {where} '{path}' "
                              f"({first_line}); {hint}") from None
     return model, tokenizer
+
+
+def _no_safetensors(path: str, err: OSError) -> bool:
+    """Whether loading failed for want of safetensors weights (and not, say, of the model)."""
+    folder = Path(path)
+    if folder.is_dir():
+        return (not any(folder.glob("*.safetensors*"))
+                and any(folder.glob("pytorch_model*.bin*")))
+    # a hub id: transformers says "... does not appear to have a file named model.safetensors or
+    # model.safetensors.index.json and thus cannot be loaded with `safetensors`"
+    return "cannot be loaded with `safetensors`" in str(err)
 
 
 def context_length(model) -> int | None:

@@ -99,6 +99,10 @@ class RunStore:
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
             handle.flush()
+            # Temp files of a writer killed mid-write (never read; a full-FT stage's is a whole
+            # model): no one else writes this folder now, so they can go.
+            for leftover in self.run_dir.rglob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
             try:
                 yield
             finally:

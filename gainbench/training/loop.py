@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -10,8 +11,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from gainbench.distributed import STRATEGIES, Ranks
 from gainbench.errors import GainbenchError
 from gainbench.training.checkpoint import StageCheckpoint
+from gainbench.training.parallel import TrainedModule, activation_checkpointing, for_training
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,12 @@ class TrainSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     checkpoint_every: int = 0         # optimiser steps between in-stage checkpoints; 0 = none
     nonfinite: str = "stop"           # a NaN/inf loss: stop (error) | skip (drop the batch, go on)
+    # How a step is computed, not what it computes: batch_size stays the global batch whatever
+    # the number of processes and micro-batches (gainbench.settings keeps these out of the run id).
+    strategy: str = "single"          # single | ddp | fsdp (gainbench.training.parallel)
+    grad_accum_steps: int = 1         # micro-batches per process per optimiser step
+    activation_checkpointing: bool = False
+    precision: str = "fp32"           # fp32 | bf16: autocast of the training forward/backward
 
     def __post_init__(self):
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -35,6 +46,18 @@ class TrainSettings:
             raise GainbenchError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.nonfinite not in ("stop", "skip"):
             raise GainbenchError(f"train.nonfinite must be stop or skip, got {self.nonfinite!r}")
+        if self.strategy not in STRATEGIES:
+            raise GainbenchError(f"train.strategy must be one of {', '.join(STRATEGIES)}, "
+                                 f"got {self.strategy!r}")
+        if self.grad_accum_steps < 1:
+            raise GainbenchError(f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.precision not in PRECISIONS:
+            raise GainbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
+                                 f"got {self.precision!r}")
+        if self.strategy == "fsdp" and self.checkpoint_every:
+            raise GainbenchError("train.checkpoint_every is not supported with train.strategy=fsdp "
+                                 "(its optimiser state is sharded); use ddp, or drop the checkpoint "
+                                 "and rely on the per-stage resume")
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,7 @@ class StageTraining:
 def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tensor,
                 settings: TrainSettings, seed: int, exempt_from_weight_decay: bool = False,
                 regularization=None, desc: str = "train",
-                checkpoint: StageCheckpoint | None = None) -> StageTraining:
+                checkpoint: StageCheckpoint | None = None, ranks: Ranks = Ranks()) -> StageTraining:
     """Train ``params`` of ``model`` on ``blocks`` (``[n, block_len]``), one epoch, seeded order.
 
     ``regularization``, if given, is called each step; a tensor it returns is added to the loss
@@ -62,18 +85,27 @@ def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tens
 
     With ``checkpoint``, the stage saves its state every ``checkpoint.every`` steps and, if a
     checkpoint exists when it starts, continues from it (``gainbench.training.checkpoint``).
+
+    Under ``ddp``/``fsdp`` each of the ``ranks`` computes its share of every global batch; the
+    step, the losses and the trained ``params`` are those of one process training alone, up to
+    floating-point summation order.
     """
     device = next(model.parameters()).device
     # Dropout draws from the global RNG: seed it here (and restore it after), so a stage trains
     # the same whoever calls it, and a resumed run matches an uninterrupted one.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return _train(model, params, blocks, settings, seed, exempt_from_weight_decay,
-                      regularization, desc, device, checkpoint)
+        trained = for_training(model, params, settings.strategy, ranks)
+        with activation_checkpointing(trained.module, settings.activation_checkpointing):
+            result = _train(trained, blocks, settings, seed, exempt_from_weight_decay,
+                            regularization, desc, device, checkpoint, ranks)
+        trained.finish()
+        return result
 
 
-def _train(model, params, blocks, settings, seed, exempt_from_weight_decay, regularization,
-           desc, device, checkpoint) -> StageTraining:
+def _train(trained: TrainedModule, blocks, settings, seed, exempt_from_weight_decay,
+           regularization, desc, device, checkpoint, ranks) -> StageTraining:
+    params = trained.params
     decay = 0.0 if exempt_from_weight_decay else settings.weight_decay
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=decay,
                                   betas=settings.betas)
@@ -82,39 +114,74 @@ def _train(model, params, blocks, settings, seed, exempt_from_weight_decay, regu
                               num_warmup_steps=int(settings.warmup_fraction * steps),
                               num_training_steps=steps)
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
-    model.train()
+    trained.module.train()
     done, losses = checkpoint.restore(params, optimizer, scheduler) if checkpoint else (0, [])
     skipped, start = 0, time.perf_counter()
-    progress = tqdm(range(done, steps), desc=desc, leave=False, disable=None)
+    progress = tqdm(range(done, steps), desc=desc, leave=False, disable=None if ranks.is_main else True)
     for step in progress:
-        batch = blocks[order[step * settings.batch_size:(step + 1) * settings.batch_size]].to(device)
-        loss = model(input_ids=batch, labels=batch).loss
-        if not torch.isfinite(loss):
+        batch = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+        loss = _forward_backward(trained, blocks, batch, settings, ranks, regularization, device)
+        if not math.isfinite(loss):
             if settings.nonfinite == "stop":
                 raise GainbenchError(_nonfinite_message(desc, loss, step, steps, settings, checkpoint))
             skipped += 1  # train.nonfinite=skip: no update from this batch; the schedule goes on
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             continue
-        penalty = regularization() if regularization is not None else None
-        (loss if penalty is None else loss + penalty).backward()
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss)
         progress.set_postfix(loss=f"{losses[-1]:.3f}")
-        if checkpoint and checkpoint.due(step + 1, steps):
+        if checkpoint and ranks.is_main and checkpoint.due(step + 1, steps):
             checkpoint.save(step + 1, params, optimizer, scheduler, losses)
     return StageTraining(steps, int(blocks.numel()),
                          sum(losses) / max(len(losses), 1), losses[-1] if losses else float("nan"),
                          time.perf_counter() - start, skipped_batches=skipped)
 
 
+def _forward_backward(trained: TrainedModule, blocks, batch: torch.Tensor, settings: TrainSettings,
+                      ranks: Ranks, regularization, device) -> float:
+    """Accumulate the gradient of one global batch's mean loss from this rank's micro-batches;
+    returns that loss (the same on every rank; NaN on every rank if any rank saw one).
+
+    Each micro-batch's mean loss is weighted by its share of the global batch, times the number
+    of ranks, which DDP/FSDP divide by when they average gradients: the sum is the gradient one
+    process gets from the whole batch at once. A rank whose share is empty (a last, short batch)
+    runs one block at weight 0, so every rank makes the same collective calls.
+    """
+    share = ranks.shard(len(batch))
+    micro_batches = batch[share.start:share.stop].tensor_split(settings.grad_accum_steps)
+    autocast = (torch.autocast(device.type, dtype=PRECISIONS[settings.precision])
+                if PRECISIONS[settings.precision] else contextlib.nullcontext())
+    local_loss = 0.0
+    for i, ids in enumerate(micro_batches):
+        weight = len(ids) / len(batch)
+        ids = ids if len(ids) else batch[:1]
+        last = i == len(micro_batches) - 1
+        tokens = blocks[ids].to(device)
+        with trained.no_sync(sync=last):
+            with autocast:
+                loss = trained.module(input_ids=tokens, labels=tokens).loss
+            objective = loss * (weight * ranks.world_size)
+            if last and regularization is not None:
+                penalty = regularization()
+                if penalty is not None:
+                    if settings.strategy == "fsdp" and ranks.world_size > 1:
+                        raise GainbenchError("this method's regularization term (e.g. GAIN's "
+                                             "decay_to_one, LoRA's l2, EWC) is not supported under "
+                                             "train.strategy=fsdp; use train.strategy=ddp")
+                    objective = objective + penalty
+            objective.backward()
+        local_loss += weight * loss.item()
+    return ranks.sum(local_loss)
+
+
 def _nonfinite_message(desc, loss, step, steps, settings, checkpoint) -> str:
     where = (f"; the last good state is {checkpoint.path} (rerun the same command to continue "
              f"from it)" if checkpoint and checkpoint.path.exists() else "")
-    return (f"{desc}: loss is {loss.item()} at step {step + 1}/{steps}{where}; lower train.lr "
+    return (f"{desc}: loss is {loss} at step {step + 1}/{steps}{where}; lower train.lr "
             f"(now {settings.lr}), use model.dtype=float32, or +train.nonfinite=skip to drop such "
             f"batches")

@@ -1,0 +1,119 @@
+"""The module a stage trains, per ``train.strategy``, on PyTorch's own engines.
+
+* ``single``: the model itself.
+* ``ddp``: :class:`~torch.nn.parallel.DistributedDataParallel` around it; gradients are averaged
+  across ranks and every rank keeps identical weights.
+* ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``, per decoder layer and the whole model)
+  on a *twin* of the model that shares its parameters at the start: the trained copies of the
+  parameters, their gradients and the optimiser state are sharded across ranks. When the stage
+  ends the trained tensors are gathered back into the model's own parameters, so absorbing,
+  evaluating and saving see a plain model again.
+
+Why not accelerate's wrappers: accelerate refuses FSDP on CPU processes (it falls back to DDP), so
+its FSDP path could not be tested without GPUs; these are the same engines accelerate drives.
+
+What FSDP saves here is the training state (for full fine-tuning: gradients and AdamW moments,
+3x the weights in fp32). Each rank still holds one full copy of the weights for evaluation and
+absorption, so the model's weights must fit one device; sharded evaluation of a sharded model
+(what 70B on 80 GB GPUs would need) is not built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from gainbench.distributed import Ranks
+from gainbench.errors import GainbenchError
+
+
+class TrainedModule:
+    """``module`` is what the stage calls and steps; ``params`` its trainable tensors (by the
+    model's own names); :meth:`finish` puts the trained values into the model's parameters."""
+
+    def __init__(self, module: nn.Module, params: dict[str, nn.Parameter],
+                 finish: Callable[[], None] = lambda: None):
+        self.module = module
+        self.params = params
+        self.finish = finish
+
+    def no_sync(self, sync: bool):
+        """Skip DDP's gradient all-reduce on a micro-batch that is not the step's last."""
+        if sync or not isinstance(self.module, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.module.no_sync()
+
+
+def for_training(model: nn.Module, params: dict[str, nn.Parameter], strategy: str,
+                 ranks: Ranks) -> TrainedModule:
+    if strategy == "single" or ranks.world_size == 1:
+        return TrainedModule(model, params)
+    if strategy == "ddp":
+        device = next(model.parameters()).device
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+        return TrainedModule(ddp, params)
+    if strategy == "fsdp":
+        return _fully_sharded(model, params)
+    raise GainbenchError(f"unknown train.strategy {strategy!r}")
+
+
+def _fully_sharded(model: nn.Module, params: dict[str, nn.Parameter]) -> TrainedModule:
+    from torch.distributed.fsdp import fully_shard
+
+    # The twin shares every parameter object with the model (no copy), so sharding it leaves the
+    # model's own full tensors in place for evaluation; buffers are small and copied.
+    twin = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    layers = _decoder_layer_classes(twin)
+    for module in twin.modules():
+        if type(module).__name__ in layers:
+            fully_shard(module)
+    fully_shard(twin)
+    sharded = {name: p for name, p in twin.named_parameters() if name in params}
+    if set(sharded) != set(params):
+        raise GainbenchError(f"fsdp: trainable tensors {sorted(set(params) - set(sharded))[:3]} were "
+                             "not found in the sharded model; use train.strategy=ddp for this method")
+
+    @torch.no_grad()
+    def finish():
+        for name, p in sharded.items():
+            params[name].copy_(p.full_tensor())
+
+    return TrainedModule(twin, sharded, finish)
+
+
+def _decoder_layer_classes(model: nn.Module) -> set[str]:
+    """The class names HF marks as not to be split (the decoder layers): one FSDP unit each."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module._no_split_modules:
+            return set(module._no_split_modules)
+    return set()
+
+
+def activation_checkpointing(model: nn.Module, enabled: bool):
+    """Recompute each decoder layer's activations in backward instead of keeping them
+    (HF's gradient checkpointing, non-reentrant so frozen inputs need no grad)."""
+    from transformers import PreTrainedModel
+
+    hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if not enabled:
+        return contextlib.nullcontext()
+    if hf is None or not hf.supports_gradient_checkpointing:
+        raise GainbenchError("train.activation_checkpointing=true needs a transformers model that "
+                             "supports gradient checkpointing; set it to false for this model")
+
+    @contextlib.contextmanager
+    def enabled_for_the_stage():
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            yield
+        finally:
+            hf.gradient_checkpointing_disable()
+
+    return enabled_for_the_stage()

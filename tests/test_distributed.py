@@ -1,0 +1,96 @@
+"""train.strategy=ddp|fsdp: two real processes (torchrun, gloo on CPU) against one process.
+
+Stated tolerance: the base model's (stage 0) rows are bitwise equal, since each rank scores
+whole batches and the per-batch sums are added in the single-process order; after training,
+perplexities agree to 1e-6 relative (gradients are averaged across ranks in another summation
+order; measured: up to 2e-8 here). Methods with dropout (LoRA's default 0.05) draw other masks per
+rank and are compared with dropout off.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from gainbench.distributed import Ranks
+from gainbench.protocol import run
+from tests.conftest import compose_config
+
+SMOKE = ["experiment=smoke", "sequence.order=[kjv_bible,icd10_medical,python_code]",
+         "eval.lm_eval.stages=none", "eval.diagnostics.stages=none"]
+PPL_TOLERANCE = 1e-6
+
+
+def _torchrun(overrides, results_dir, token_cache):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "GAINBENCH_CACHE": str(token_cache)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "gainbench", *overrides, f"results_dir={results_dir}"]
+    # its own process group, so a hung run is killed with its workers, not orphaned
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def _rows(results_dir):
+    (path,) = results_dir.glob("*/rows.parquet")
+    rows = pd.read_parquet(path)
+    return rows[rows.metric != "train_seconds"].set_index(
+        ["stage", "eval_kind", "eval_name", "metric"]).value.sort_index()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, strategy", [("gain_ffn", "ddp"), ("gain_ffn", "fsdp"),
+                                              ("lora", "ddp"), ("full_ft", "fsdp")])
+def test_two_processes_give_the_single_process_perplexities(tmp_path, method, strategy):
+    overrides = SMOKE + [f"method={method}"] + (["method.options.dropout=0"] if method == "lora" else [])
+    single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
+    run(compose_config(overrides + [f"results_dir={single_dir}"]))
+    out = _torchrun(overrides + [f"train.strategy={strategy}"], multi_dir, tmp_path / "cache")
+
+    single, multi = _rows(single_dir), _rows(multi_dir)
+    assert single.index.equals(multi.index)  # the same rows, written once (rank 0)
+    pd.testing.assert_series_equal(single.loc[0], multi.loc[0], check_exact=True)
+    ppl = single.index.get_level_values("metric") == "ppl"
+    relative = ((multi[ppl] - single[ppl]) / single[ppl]).abs()
+    assert relative.max() < PPL_TOLERANCE, relative.sort_values().tail()
+    assert (single.xs("train_loss_mean", level="metric") - multi.xs("train_loss_mean", level="metric")
+            ).abs().max() < 1e-5
+    # every stage changed the weights (a no-op "training" would also match)
+    assert (single.loc[3].xs("ppl", level="metric") != single.loc[0].xs("ppl", level="metric")).all()
+    assert out.count("results in") == 1  # only rank 0 prints and writes
+    assert len(list(multi_dir.iterdir())) == 1
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (3, 2), (1, 2), (7, 3), (0, 2)])
+def test_shards_cover_every_item_once_in_order(n, world):
+    shards = [Ranks(rank, world).shard(n) for rank in range(world)]
+    assert [i for shard in shards for i in shard] == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_grad_accumulation_is_the_same_step_in_smaller_pieces(tmp_path):
+    plain = run(compose_config(SMOKE + [f"results_dir={tmp_path / 'a'}"]))
+    accumulated = run(compose_config(SMOKE + ["train.grad_accum_steps=3", f"results_dir={tmp_path / 'b'}"]))
+    # an execution setting: the same run id, recorded in run.json
+    assert plain.name == accumulated.name
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    ppl = a.index.get_level_values("metric") == "ppl"
+    assert ((a[ppl] - b[ppl]) / a[ppl]).abs().max() < PPL_TOLERANCE
+
+
+def test_a_distributed_strategy_without_a_launcher_is_refused_before_any_folder(tmp_path):
+    from gainbench.errors import GainbenchError
+
+    with pytest.raises(GainbenchError, match="torchrun --nproc_per_node"):
+        run(compose_config(SMOKE + ["train.strategy=ddp", f"results_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())
