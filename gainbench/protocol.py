@@ -293,6 +293,7 @@ def _initial_meta(settings: RunSettings, model, device, domains: list[DomainData
         "config": settings.resolved_config,
         "git": provenance.git_state(),
         "versions": provenance.package_versions(),
+        "numerics": provenance.numerics(),
         "device": str(device),
         "world_size": ranks.world_size,  # processes (train.strategy in config.train)
         "host": platform.node(),

@@ -1,4 +1,4 @@
-"""Where a result came from: git state and package versions, for run.json."""
+"""Where a result came from: git state, package versions and numeric settings, for run.json."""
 
 from __future__ import annotations
 
@@ -34,3 +34,18 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def numerics() -> dict:
+    """Settings outside the config that can change a number in the last digits: CPU thread count
+    (the order of reductions), deterministic-algorithm and TF32 switches, the CUDA stack."""
+    import torch
+
+    state = {"torch_threads": torch.get_num_threads(),
+             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+             "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        state.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(),
+                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                     tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return state

@@ -27,7 +27,7 @@ NON_IDENTITY_KEYS = ("results_dir", "logger", "device", "progress")
 EXECUTION_TRAIN_KEYS = ("strategy", "grad_accum_steps", "activation_checkpointing", "checkpoint_every")
 # train.* values that change nothing when at this value, left out of the run id so that adding
 # the key did not move the ids of runs made before it existed.
-NEUTRAL_TRAIN_VALUES = {"precision": "fp32"}
+NEUTRAL_TRAIN_VALUES = {"precision": "fp32", "nonfinite": "stop"}
 # `analysis=none` adds no rows and changes no number, so it is left out of the run id too; an
 # enabled analysis is part of it (a run with figures is a different run folder).
 NO_ANALYSIS = {"name": "none"}
@@ -175,7 +175,6 @@ def settings_from_config(cfg) -> RunSettings:
             schedule=train.get("schedule", "cosine"),
             warmup_fraction=float(train.get("warmup_fraction", 0.1)),
             max_grad_norm=float(train.get("max_grad_norm", 1.0)),
-            # absent from train/default.yaml (+train.checkpoint_every=N, +train.nonfinite=skip)
             checkpoint_every=int(train.get("checkpoint_every", 0)),
             nonfinite=str(train.get("nonfinite", "stop")),
             strategy=str(train.get("strategy", "single")),

@@ -114,6 +114,15 @@ def test_a_credential_in_the_config_is_refused_before_it_reaches_run_json(secret
 def test_execution_settings_leave_the_run_id_alone_but_bf16_does_not():
     base = settings_from_config(compose_config([])).run_id
     for same in (["train.strategy=fsdp"], ["train.grad_accum_steps=4"],
-                 ["train.activation_checkpointing=true"], ["+train.checkpoint_every=50"]):
+                 ["train.activation_checkpointing=true"], ["train.checkpoint_every=50"]):
         assert settings_from_config(compose_config(same)).run_id == base
     assert settings_from_config(compose_config(["train.precision=bf16"])).run_id != base
+
+
+@pytest.mark.parametrize("model", ["gpt2-large", "qwen2.5", "mistral", "llama2-13b", "llama2-70b"])
+def test_the_paper_grid_composes_for_every_model_of_the_readme_command(model):
+    settings = settings_from_config(compose_config(["experiment=paper_grid", f"model={model}",
+                                                    "train.strategy=fsdp", "train.checkpoint_every=0"]))
+    assert settings.sequence_name == "paper8" and len(settings.domains) == 8
+    assert settings.seq_len == 1024 and settings.train.batch_size == 64
+    assert "boolq" in settings.lm_eval.tasks

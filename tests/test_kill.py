@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 STAGES = [0, 1, 2, 3]
 STEPS = 32768 // (4 * 64)  # optimiser steps per stage: tokens_per_stage / (batch_size * seq_len)
 ARGS = ["experiment=smoke", "sequence.order=[kjv_bible,icd10_medical,python_code]",
-        "eval.lm_eval.stages=none", "eval.diagnostics.stages=none", "+train.checkpoint_every=1",
+        "eval.lm_eval.stages=none", "eval.diagnostics.stages=none", "train.checkpoint_every=1",
         # 128 steps a stage (about 0.6 s on one CPU thread): a wide window for the mid-stage kill
         f"train.tokens_per_stage={STEPS * 4 * 64}"]
 TIMEOUT = 300

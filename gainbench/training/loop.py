@@ -183,5 +183,5 @@ def _nonfinite_message(desc, loss, step, steps, settings, checkpoint) -> str:
     where = (f"; the last good state is {checkpoint.path} (rerun the same command to continue "
              f"from it)" if checkpoint and checkpoint.path.exists() else "")
     return (f"{desc}: loss is {loss} at step {step + 1}/{steps}{where}; lower train.lr "
-            f"(now {settings.lr}), use model.dtype=float32, or +train.nonfinite=skip to drop such "
+            f"(now {settings.lr}), use model.dtype=float32, or train.nonfinite=skip to drop such "
             f"batches")

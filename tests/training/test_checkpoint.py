@@ -14,7 +14,7 @@ from gainbench.training.loop import TrainSettings, train_stage
 from tests.conftest import compose_config
 
 SMOKE = ["experiment=smoke", "sequence.order=[kjv_bible,icd10_medical,python_code]",
-         "eval.lm_eval.stages=none", "eval.diagnostics.stages=none", "+train.checkpoint_every=1"]
+         "eval.lm_eval.stages=none", "eval.diagnostics.stages=none", "train.checkpoint_every=1"]
 
 
 class Killed(BaseException):
