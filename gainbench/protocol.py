@@ -53,17 +53,18 @@ def run(cfg) -> Path:
         return store.run_dir
 
     ranks = distributed.init_ranks(settings.train.strategy)
-    try:
-        if ranks.world_size > 1 and settings.analysis.any:
-            raise GainbenchError("analysis=figures runs in one process; run it with "
-                                 "train.strategy=single (the perplexity rows are the same)")
-        device = _device(settings.resolved_config.get("device", "auto"), ranks)
-        model, tokenizer, domains = _setup_model_and_data(settings, device)
-        # after every input check: bad input leaves no folder behind; only rank 0 writes
-        with store.lock() if ranks.is_main else contextlib.nullcontext():
-            return _run_stages(settings, method, store, model, tokenizer, domains, device, ranks)
-    finally:
-        distributed.close(ranks)
+    if ranks.world_size > 1 and settings.analysis.any:
+        raise GainbenchError("analysis=figures runs in one process; run it with "
+                             "train.strategy=single (the perplexity rows are the same)")
+    device = _device(settings.resolved_config.get("device", "auto"), ranks)
+    model, tokenizer, domains = _setup_model_and_data(settings, device)
+    # after every input check: bad input leaves no folder behind; only rank 0 writes
+    with store.lock() if ranks.is_main else contextlib.nullcontext():
+        run_dir = _run_stages(settings, method, store, model, tokenizer, domains, device, ranks)
+    # Only after success: on an error the traceback can hold a live DDP reducer, which blocks the
+    # group's teardown; the process exits with the error and the launcher stops the other ranks.
+    distributed.close(ranks)
+    return run_dir
 
 
 def _run_stages(settings, method, store, model, tokenizer, domains, device, ranks) -> Path:

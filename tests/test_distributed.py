@@ -7,6 +7,7 @@ order; measured: up to 2e-8 here). Methods with dropout (LoRA's default 0.05) dr
 rank and are compared with dropout off.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -94,3 +95,17 @@ def test_a_distributed_strategy_without_a_launcher_is_refused_before_any_folder(
     with pytest.raises(GainbenchError, match="torchrun --nproc_per_node"):
         run(compose_config(SMOKE + ["train.strategy=ddp", f"results_dir={tmp_path}"]))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_stages(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "GAINBENCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "gainbench", *SMOKE, "method=full_ft", "train.lr=1e30", "train.strategy=ddp",
+           f"results_dir={tmp_path / 'runs'}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "loss is nan at step" in done.stderr
+    (meta,) = (tmp_path / "runs").glob("*/run.json")
+    assert json.loads(meta.read_text())["finished_stages"] == [0]

@@ -1,0 +1,127 @@
+"""What each rank holds for training under train.strategy=single, ddp and fsdp, and its step time.
+
+    python benchmarks/sharding_memory.py [--model smollm2|tiny] [--methods full_ft gain_ffn] [--quick]
+
+For each strategy it launches ``torchrun --standalone --nproc_per_node=2`` (``single``: one
+process) running gainbench's own training path (``gainbench.training.parallel.for_training`` and
+the loop's micro-batched step) on the same global batch, and reports per rank: the bytes of the
+trainable tensors it holds, of their gradients and of the AdamW moments (local shards under
+FSDP), and the median step time. Every rank has ``--threads`` intra-op threads (default 1), so
+2 ranks use twice the cores of one process: the times show what splitting a batch costs and
+saves, not a like-for-like speed-up. The full weights each rank keeps for evaluation (the model
+itself) are the same in every strategy and not counted. Writes sharding_memory.json/.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _bench
+
+STRATEGIES = ("single", "ddp", "fsdp")
+
+
+def _local_bytes(tensor) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def worker(args) -> None:
+    import torch
+
+    from gainbench.distributed import close, init_ranks
+    from gainbench.training.loop import TrainSettings, _forward_backward
+    from gainbench.training.parallel import for_training
+
+    ranks = init_ranks(args.strategy)
+    model, vocab = _bench.load_model(args.model)
+    method = _bench.make_registered_method(args.method)
+    torch.manual_seed(0)
+    adapted = method.attach(model)
+    params = method.trainable_parameters(adapted)
+    settings = TrainSettings(lr=1e-5, batch_size=args.batch_size, strategy=args.strategy)
+    trained = for_training(adapted, params, args.strategy, ranks)
+    optimizer = torch.optim.AdamW(list(trained.params.values()), lr=settings.lr)
+    blocks = _bench.random_blocks(vocab, args.batch_size * (args.steps + 1), args.seq_len)
+    trained.module.train()
+    times, grads = [], 0
+    for step in range(args.steps + 1):  # the first step is a warm-up
+        batch = torch.arange(step * args.batch_size, (step + 1) * args.batch_size)
+        start = time.perf_counter()
+        _forward_backward(trained, blocks, batch, settings, ranks, None, torch.device("cpu"))
+        grads = sum(_local_bytes(p.grad) for p in trained.params.values() if p.grad is not None)
+        torch.nn.utils.clip_grad_norm_(list(trained.params.values()), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - start)
+    moments = sum(_local_bytes(v) for state in optimizer.state.values() for v in state.values()
+                  if torch.is_tensor(v) and v.dim() > 0)
+    row = {"strategy": args.strategy, "method": args.method, "rank": ranks.rank,
+           "world_size": ranks.world_size, "trained_tensor_bytes": sum(_local_bytes(p) for p in trained.params.values()),
+           "grad_bytes": grads, "adamw_moment_bytes": moments,
+           "step_s": statistics.median(times), "tokens_per_step": args.batch_size * args.seq_len}
+    for each in ranks.gather([row]):  # one printer: two ranks' lines would interleave
+        if ranks.is_main:
+            print("ROW " + json.dumps(each), flush=True)
+    del trained, optimizer  # a live DDP reducer holds the process group
+    close(ranks)
+
+
+def launch(strategy: str, method: str, args) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
+    me = [str(Path(__file__).resolve()), "--worker", "--strategy", strategy, "--method", method,
+          "--model", args.model, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+          "--steps", str(args.steps)]
+    cmd = ([sys.executable, *me] if strategy == "single" else
+           [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *me])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        raise SystemExit(f"{strategy}/{method} failed:\n{done.stderr[-3000:]}")
+    return [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="full_ft", help=argparse.SUPPRESS)
+    parser.add_argument("--methods", nargs="+", default=["full_ft", "gain_ffn"])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    args = _bench.add_common_args(parser, reps=1).parse_args()
+    if args.worker:
+        return worker(args)
+    if args.quick:
+        args.model, args.steps, args.seq_len = "tiny", 1, 32
+    rows = []
+    for method in args.methods:
+        by_strategy = {s: launch(s, method, args) for s in STRATEGIES}
+        single = by_strategy["single"][0]
+        for strategy, ranks in by_strategy.items():
+            worst = max(ranks, key=lambda r: r["trained_tensor_bytes"] + r["grad_bytes"] + r["adamw_moment_bytes"])
+            held = worst["trained_tensor_bytes"] + worst["grad_bytes"] + worst["adamw_moment_bytes"]
+            base = single["trained_tensor_bytes"] + single["grad_bytes"] + single["adamw_moment_bytes"]
+            rows.append({**worst, "ranks": len(ranks), "training_state_MiB": held / 2**20,
+                         "vs_single": held / base, "step_s_vs_single": worst["step_s"] / single["step_s"]})
+    _bench.print_table(
+        [{**r, "MiB": f"{r['training_state_MiB']:.1f}", "vs single": f"{r['vs_single']:.3f}",
+          "step s": f"{r['step_s']:.3f}", "step vs single": f"{r['step_s_vs_single']:.2f}"} for r in rows],
+        ["method", "strategy", "ranks", "MiB", "vs single", "step s", "step vs single"],
+        title=f"training state per rank (trained tensors + gradients + AdamW moments; largest rank), "
+              f"{args.model}, global batch {args.batch_size}x{args.seq_len}")
+    stem = "sharding_memory_quick" if args.quick else "sharding_memory"
+    _bench.write_results(args.out, stem, rows, settings={k: str(v) for k, v in vars(args).items()})
+
+
+if __name__ == "__main__":
+    main()
