@@ -159,8 +159,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
     if ranks.is_main:
         store.save_stage_state(stage, method.stage_state(adapted),
                                keep_only_latest=method.state_is_full_model)
-    if checkpoint:  # the stage's own state now covers it
-        checkpoint.clear()
+        if checkpoint:  # the stage's own state now covers it
+            checkpoint.clear()
     training = dataclasses.replace(training, trainable_params=count_parameters(params.values()))
     return method.absorb(adapted), training
 

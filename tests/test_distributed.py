@@ -50,13 +50,17 @@ def _rows(results_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, strategy", [("gain_ffn", "ddp"), ("gain_ffn", "fsdp"),
-                                              ("lora", "ddp"), ("full_ft", "fsdp")])
-def test_two_processes_give_the_single_process_perplexities(tmp_path, method, strategy):
+@pytest.mark.parametrize("method, strategy, execution", [
+    ("gain_ffn", "ddp", ["train.checkpoint_every=1"]),  # rank 0 writes the in-stage checkpoints
+    ("gain_ffn", "fsdp", []),
+    ("lora", "ddp", ["train.grad_accum_steps=2"]),      # 1 block per micro-batch per rank
+    ("full_ft", "fsdp", []),
+])
+def test_two_processes_give_the_single_process_perplexities(tmp_path, method, strategy, execution):
     overrides = SMOKE + [f"method={method}"] + (["method.options.dropout=0"] if method == "lora" else [])
     single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
     run(compose_config(overrides + [f"results_dir={single_dir}"]))
-    out = _torchrun(overrides + [f"train.strategy={strategy}"], multi_dir, tmp_path / "cache")
+    out = _torchrun(overrides + [f"train.strategy={strategy}", *execution], multi_dir, tmp_path / "cache")
 
     single, multi = _rows(single_dir), _rows(multi_dir)
     assert single.index.equals(multi.index)  # the same rows, written once (rank 0)
@@ -70,6 +74,7 @@ def test_two_processes_give_the_single_process_perplexities(tmp_path, method, st
     assert (single.loc[3].xs("ppl", level="metric") != single.loc[0].xs("ppl", level="metric")).all()
     assert out.count("results in") == 1  # only rank 0 prints and writes
     assert len(list(multi_dir.iterdir())) == 1
+    assert not list(multi_dir.glob("*/stages/partial_*"))  # cleared once each stage was saved
 
 
 @pytest.mark.parametrize("n, world", [(10, 2), (3, 2), (1, 2), (7, 3), (0, 2)])
