@@ -131,7 +131,13 @@ class RunStore:
                     old.unlink()
 
     def load_stage_state(self, stage: int) -> dict[str, torch.Tensor]:
-        return load_file(self.stage_state_path(stage))
+        path = self.stage_state_path(stage)
+        try:
+            return load_file(path)
+        except Exception as err:  # missing, truncated or not safetensors: resume cannot replay it
+            raise GainbenchError(f"run folder {self.run_dir}: {path.name}, which replays finished "
+                                 f"stage {stage} on resume, cannot be read ({err}); the run cannot "
+                                 "continue from it: move the folder away to start the run over") from None
 
     def partial_stage_path(self, stage: int) -> Path:
         """In-stage checkpoint of a stage still training (gainbench.training.checkpoint)."""

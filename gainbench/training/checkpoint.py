@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from gainbench.errors import GainbenchError
 from gainbench.results.store import atomic_write
 
 
@@ -52,11 +53,18 @@ class StageCheckpoint:
         returns (steps done, their losses); (0, []) when there is none."""
         if not self.path.exists():
             return 0, []
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        missing = sorted(set(params) - set(state["params"]))
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            missing = sorted(set(params) - set(state["params"]))
+        except Exception as err:  # truncated, overwritten, or not a checkpoint of ours
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise GainbenchError(f"in-stage checkpoint {self.path} cannot be read ({first_line}); "
+                                 "delete it to restart this stage from its first step (finished "
+                                 "stages are kept)") from None
         if missing:
-            raise RuntimeError(f"{self.path} does not match this method's trainable tensors "
-                               f"(missing {missing[:3]}...); delete it to restart the stage")
+            raise GainbenchError(f"in-stage checkpoint {self.path} does not match this method's "
+                                 f"trainable tensors (missing {missing[:3]}); delete it to restart "
+                                 "this stage from its first step")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name].to(p.device, p.dtype))

@@ -99,3 +99,48 @@ def test_checkpoint_settings_are_checked():
         TrainSettings(lr=1e-3, nonfinite="retry")
     with pytest.raises(ValueError, match=">= 1 step"):
         StageCheckpoint("x.pt", every=0)
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a checkpoint", "truncated"])
+def test_a_damaged_in_stage_checkpoint_is_a_clear_error_naming_the_file_and_the_fix(tmp_path, damage):
+    model, path = _Toy(), tmp_path / "partial_stage_2.pt"
+    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
+    train_stage(model, {"w": model.w}, _blocks([5, 6, 7]), settings, seed=0,
+                checkpoint=StageCheckpoint(path, every=1))
+    path.write_bytes(path.read_bytes()[:40] if damage == "truncated" else damage)
+    with pytest.raises(GainbenchError, match=r"partial_stage_2.pt cannot be read .*delete it to restart"):
+        train_stage(_Toy(), {"w": _Toy().w}, _blocks([5, 6, 7]), settings, seed=0,
+                    checkpoint=StageCheckpoint(path, every=1))
+
+
+def test_a_checkpoint_of_other_tensors_is_refused(tmp_path):
+    model, path = _Toy(), tmp_path / "partial.pt"
+    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
+    train_stage(model, {"w": model.w}, _blocks([5, 6, 7]), settings, seed=0,
+                checkpoint=StageCheckpoint(path, every=1))
+    other = _Toy()
+    with pytest.raises(GainbenchError, match=r"does not match .*missing \['v'\]"):
+        train_stage(other, {"v": other.w}, _blocks([5, 6, 7]), settings, seed=0,
+                    checkpoint=StageCheckpoint(path, every=1))
+
+
+@pytest.mark.slow
+def test_a_damaged_stage_state_stops_the_resume_with_the_fix(tmp_path, monkeypatch):
+    cfg = compose_config(SMOKE + [f"results_dir={tmp_path}"])
+    real_save = StageCheckpoint.save
+
+    def die_in_stage_2(self, steps_done, *args):
+        real_save(self, steps_done, *args)
+        if self.path.name == "partial_stage_2.pt":
+            raise Killed
+
+    monkeypatch.setattr(StageCheckpoint, "save", die_in_stage_2)
+    with pytest.raises(Killed):
+        run(cfg)
+    run_dir = next(tmp_path.glob("*/run.json")).parent
+    (run_dir / "stages" / "stage_1.safetensors").write_bytes(b"\x00" * 100)
+    monkeypatch.setattr(StageCheckpoint, "save", real_save)
+    with pytest.raises(GainbenchError, match=r"stage_1.safetensors, which replays finished stage 1 "
+                                             r"on resume, cannot be read .*move the folder away"):
+        run(cfg)
+    assert json.loads((run_dir / "run.json").read_text())["finished_stages"] == [0, 1]
