@@ -148,7 +148,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
     if getattr(method, "replay_fraction", 0):  # replay_lora: earlier domains' text mixed in
         blocks = mix_in_replay(blocks, [d.train_blocks for d in domains[:stage - 1]],
                                method.replay_fraction, seed=seed)
-    checkpoint = (StageCheckpoint(store.partial_stage_path(stage), settings.train.checkpoint_every)
+    checkpoint = (StageCheckpoint(store.partial_stage_path(stage), settings.train.checkpoint_every,
+                                  writer=ranks.is_main)
                   if settings.train.checkpoint_every else None)
     training = train_stage(adapted, params, blocks, settings.train, seed=seed,
                            exempt_from_weight_decay=method.exempt_from_weight_decay,

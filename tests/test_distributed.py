@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -36,10 +38,30 @@ def _torchrun(overrides, results_dir, token_cache):
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_launcher_and_ranks(proc)
         raise
     assert proc.returncode == 0, stderr[-3000:]
     return stdout
+
+
+def _kill_launcher_and_ranks(proc):
+    """SIGKILL torchrun and its worker processes (which it starts in sessions of their own, so
+    killing its process group alone would leave them running)."""
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+               and _parent_pid(p) == proc.pid]
+    for pid in [proc.pid, *workers]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _parent_pid(proc_dir):
+    try:  # /proc/<pid>/stat: "pid (name) state ppid ...", the name may hold spaces
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _rows(results_dir):
@@ -114,3 +136,37 @@ def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_sta
     assert "loss is nan at step" in done.stderr
     (meta,) = (tmp_path / "runs").glob("*/run.json")
     assert json.loads(meta.read_text())["finished_stages"] == [0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, strategy", [("full_ft", "fsdp"), ("gain_ffn", "ddp")])
+def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path, method, strategy):
+    steps = 96  # per stage: a window of a few seconds for the kill
+    overrides = SMOKE + [f"method={method}", "train.checkpoint_every=1",
+                         f"train.tokens_per_stage={steps * 4 * 64}"]
+    run(compose_config(overrides + [f"results_dir={tmp_path / 'single'}"]))
+
+    multi = overrides + [f"train.strategy={strategy}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "GAINBENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", "-m", "gainbench", *multi,
+                             f"results_dir={tmp_path / 'multi'}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "multi").glob("*/stages/partial_stage_2.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, "stage 2 never checkpointed"
+            time.sleep(0.02)
+    finally:
+        _kill_launcher_and_ranks(proc)  # the launcher and both ranks, at once
+    (meta,) = (tmp_path / "multi").glob("*/run.json")
+    assert json.loads(meta.read_text())["finished_stages"] == [0, 1]
+
+    out = _torchrun(multi, tmp_path / "multi", tmp_path / "cache")
+    assert "resuming run" in out and "train icd10_medical: continuing from step" in out
+    single, resumed = _rows(tmp_path / "single"), _rows(tmp_path / "multi")
+    assert single.index.equals(resumed.index)
+    ppl = single.index.get_level_values("metric") == "ppl"
+    assert ((resumed[ppl] - single[ppl]) / single[ppl]).abs().max() < PPL_TOLERANCE

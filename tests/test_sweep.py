@@ -1,6 +1,7 @@
 """The learning-rate sweep preset through Hydra's submitit_local launcher, then the fronts."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -65,3 +66,29 @@ def test_a_submitit_job_with_two_tasks_is_one_ddp_run_of_two_ranks(tmp_path):
     single = compose_config(["method=gain", f"results_dir={tmp_path}", *TINY_BUDGET])
     from gainbench.settings import settings_from_config
     assert settings_from_config(single).run_id == folder.name
+
+
+def _readme_cluster_commands():
+    """The `python -m gainbench -m ...` commands of the README's "Running on a cluster" block."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Running on a cluster")[1].split("```bash")[1].split("```")[0]
+    commands = block.replace("\\\n", " ").splitlines()
+    return [line.split("#")[0].split()[4:] for line in commands
+            if line.startswith("python -m gainbench -m") and "..." not in line]
+
+
+@pytest.mark.parametrize("args", _readme_cluster_commands(), ids=lambda a: " ".join(a)[:60])
+def test_every_readme_cluster_command_composes_for_each_of_its_jobs(args):
+    from hydra import compose, initialize_config_dir
+
+    from gainbench.cli import CONFIG_DIR
+    from gainbench.settings import settings_from_config
+
+    first_job = [a if "," not in a else a.split(",")[0] for a in args]  # one point of each sweep
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=first_job, return_hydra_config=True)
+    settings_from_config({k: v for k, v in cfg.items() if k != "hydra"})
+    if "hydra/launcher=slurm" in args:
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 5
+        assert launcher.partition == "gpu"

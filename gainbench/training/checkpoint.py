@@ -17,17 +17,23 @@ import os
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from gainbench.errors import GainbenchError
 from gainbench.results.store import atomic_write
 
 
 class StageCheckpoint:
-    def __init__(self, path: str | os.PathLike, every: int):
+    """``writer``: whether this process writes the file. Under ddp/fsdp every rank calls
+    :meth:`save` (FSDP gathers each sharded tensor whole, a collective) and only rank 0 writes;
+    every rank restores from the one file, re-sharding what FSDP shards."""
+
+    def __init__(self, path: str | os.PathLike, every: int, writer: bool = True):
         if every < 1:
             raise ValueError(f"checkpoint interval must be >= 1 step, got {every}")
         self.path = Path(path)
         self.every = every
+        self.writer = writer
 
     def due(self, steps_done: int, total_steps: int) -> bool:
         """After ``steps_done`` steps: every ``every`` steps, never after the last one (the
@@ -36,17 +42,24 @@ class StageCheckpoint:
 
     def save(self, steps_done: int, params: dict[str, torch.nn.Parameter], optimizer, scheduler,
              losses: list[float]) -> None:
+        optimizer_state = optimizer.state_dict()
+        # new dicts: state_dict() hands out the optimiser's live per-parameter dicts
+        optimizer_state["state"] = {
+            index: {key: _whole(value) if isinstance(value, DTensor) else value
+                    for key, value in per_param.items()}
+            for index, per_param in optimizer_state["state"].items()}
         state = {
             "steps_done": steps_done,
-            "params": {name: p.detach().cpu().clone() for name, p in params.items()},
-            "optimizer": optimizer.state_dict(),
+            "params": {name: _whole(p) for name, p in params.items()},
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "losses": torch.tensor(losses, dtype=torch.float64),
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        if self.writer:
+            atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
     def restore(self, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> tuple[int, list[float]]:
         """Load the checkpoint into ``params``, ``optimizer`` and ``scheduler`` and the global RNG;
@@ -67,7 +80,13 @@ class StageCheckpoint:
                                  "this stage from its first step")
         with torch.no_grad():
             for name, p in params.items():
-                p.copy_(state["params"][name].to(p.device, p.dtype))
+                p.copy_(_shaped_like(state["params"][name], p))
+        ordered = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, per_param in state["optimizer"]["state"].items():
+            param = ordered[index]
+            for key, value in per_param.items():
+                if isinstance(param, DTensor) and value.shape == param.shape:
+                    per_param[key] = _shaped_like(value, param)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -77,3 +96,18 @@ class StageCheckpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``tensor``; an FSDP-sharded one gathered whole first (every rank calls it)."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu().clone()
+
+
+def _shaped_like(saved: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``saved`` on ``like``'s device and dtype, and sharded as ``like`` is."""
+    if isinstance(like, DTensor):
+        local = like.to_local()
+        return distribute_tensor(saved.to(local.device, local.dtype), like.device_mesh, like.placements)
+    return saved.to(like.device, like.dtype)

@@ -54,10 +54,6 @@ class TrainSettings:
         if self.precision not in PRECISIONS:
             raise GainbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
                                  f"got {self.precision!r}")
-        if self.strategy == "fsdp" and self.checkpoint_every:
-            raise GainbenchError("train.checkpoint_every is not supported with train.strategy=fsdp "
-                                 "(its optimiser state is sharded); use ddp, or drop the checkpoint "
-                                 "and rely on the per-stage resume")
 
 
 @dataclass(frozen=True)
@@ -116,6 +112,8 @@ def _train(trained: TrainedModule, blocks, settings, seed, exempt_from_weight_de
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
     trained.module.train()
     done, losses = checkpoint.restore(params, optimizer, scheduler) if checkpoint else (0, [])
+    if done and ranks.is_main:
+        print(f"gainbench: {desc}: continuing from step {done}/{steps} ({checkpoint.path.name})")
     skipped, start = 0, time.perf_counter()
     progress = tqdm(range(done, steps), desc=desc, leave=False, disable=None if ranks.is_main else True)
     for step in progress:
@@ -135,7 +133,7 @@ def _train(trained: TrainedModule, blocks, settings, seed, exempt_from_weight_de
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
         progress.set_postfix(loss=f"{losses[-1]:.3f}")
-        if checkpoint and ranks.is_main and checkpoint.due(step + 1, steps):
+        if checkpoint and checkpoint.due(step + 1, steps):  # every rank: FSDP gathers shards
             checkpoint.save(step + 1, params, optimizer, scheduler, losses)
     return StageTraining(steps, int(blocks.numel()),
                          sum(losses) / max(len(losses), 1), losses[-1] if losses else float("nan"),
