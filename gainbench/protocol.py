@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -144,6 +146,7 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
     torch.manual_seed(seed)  # adapter initialisation (e.g. LoRA's A)
     adapted = method.attach(model)
     params = method.trainable_parameters(adapted)
+    _warn_if_low_precision(params, settings)
     blocks = domain.train_blocks
     if getattr(method, "replay_fraction", 0):  # replay_lora: earlier domains' text mixed in
         blocks = mix_in_replay(blocks, [d.train_blocks for d in domains[:stage - 1]],
@@ -164,6 +167,24 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
             checkpoint.clear()
     training = dataclasses.replace(training, trainable_params=count_parameters(params.values()))
     return method.absorb(adapted), training
+
+
+def _warn_if_low_precision(params: dict, settings: RunSettings) -> None:
+    """Adapters (GAIN's scales, PEFT's factors) train in fp32 on a bf16 model, but full fine-tuning
+    would update the bf16 weights themselves: AdamW steps below ~0.4% of a weight round away, an
+    unequal footing. Said once per process; the config (model.dtype) records it."""
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in params.values()
+                  if p.dtype in (torch.bfloat16, torch.float16)})
+    if low:
+        _warn_once(f"method '{settings.method_name}' trains {'/'.join(low)} weights directly "
+                   f"(model.dtype={settings.model.dtype}): updates smaller than the format's "
+                   "resolution are lost; for mixed precision (fp32 weights and optimiser, bf16 "
+                   "compute) use model.dtype=float32 train.precision=bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=2)
 
 
 def _stage_seed(seed: int, stage: int) -> int:

@@ -274,3 +274,18 @@ def test_strided_perplexity_scores_every_token_once_with_more_context(tmp_path):
     assert (strided[snll].n.values == 512 - 1).all()           # every validation token but the first
     assert (blocks[nll].n.values == (512 // 64) * 63).all()    # each block's first token unscored
     assert strided.run_id.iloc[0] != blocks.run_id.iloc[0]
+
+
+def test_training_bf16_weights_directly_is_warned_about_and_fp32_adapters_are_not(recwarn):
+    import torch
+
+    from gainbench.settings import settings_from_config
+
+    protocol._warn_once.cache_clear()
+    settings = settings_from_config(compose_config(["model.dtype=bfloat16", "method=full_ft"]))
+    protocol._warn_if_low_precision({"w": torch.zeros(2, dtype=torch.float32)}, settings)
+    assert not recwarn.list
+    for _ in range(2):
+        protocol._warn_if_low_precision({"w": torch.zeros(2, dtype=torch.bfloat16)}, settings)
+    (warning,) = recwarn.list  # once per process
+    assert "use model.dtype=float32 train.precision=bf16" in str(warning.message)
