@@ -7,6 +7,8 @@ order; measured: up to 2e-8 here). Methods with dropout (LoRA's default 0.05) dr
 rank and are compared with dropout off.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -139,8 +141,12 @@ def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_sta
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, strategy", [("full_ft", "fsdp"), ("gain_ffn", "ddp")])
-def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path, method, strategy):
+@pytest.mark.parametrize("method, strategy, resumed_by", [
+    ("full_ft", "fsdp", "fsdp"),
+    ("gain_ffn", "ddp", "single"),  # a requeued job on other hardware resumes the same folder
+])
+def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path, method, strategy,
+                                                                       resumed_by):
     steps = 96  # per stage: a window of a few seconds for the kill
     overrides = SMOKE + [f"method={method}", "train.checkpoint_every=1",
                          f"train.tokens_per_stage={steps * 4 * 64}"]
@@ -164,7 +170,12 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
     (meta,) = (tmp_path / "multi").glob("*/run.json")
     assert json.loads(meta.read_text())["finished_stages"] == [0, 1]
 
-    out = _torchrun(multi, tmp_path / "multi", tmp_path / "cache")
+    if resumed_by == "single":
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            run(compose_config(overrides + [f"results_dir={tmp_path / 'multi'}"]))
+        out = captured.getvalue()
+    else:
+        out = _torchrun(multi, tmp_path / "multi", tmp_path / "cache")
     assert "resuming run" in out and "train icd10_medical: continuing from step" in out
     single, resumed = _rows(tmp_path / "single"), _rows(tmp_path / "multi")
     assert single.index.equals(resumed.index)
