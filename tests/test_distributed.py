@@ -184,3 +184,22 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
     assert single.index.equals(resumed.index)
     ppl = single.index.get_level_values("metric") == "ppl"
     assert ((resumed[ppl] - single[ppl]) / single[ppl]).abs().max() < PPL_TOLERANCE
+
+
+def test_activation_checkpointing_recomputes_the_same_step(tmp_path):
+    plain = run(compose_config(SMOKE + ["method=full_ft", f"results_dir={tmp_path / 'a'}"]))
+    recomputed = run(compose_config(SMOKE + ["method=full_ft", "train.activation_checkpointing=true",
+                                             f"results_dir={tmp_path / 'b'}"]))
+    assert plain.name == recomputed.name
+    pd.testing.assert_series_equal(_rows(tmp_path / "a"), _rows(tmp_path / "b"))  # bitwise on CPU
+
+
+def test_bf16_autocast_is_another_run_close_to_fp32(tmp_path):
+    fp32 = run(compose_config(SMOKE + [f"results_dir={tmp_path / 'a'}"]))
+    bf16 = run(compose_config(SMOKE + ["train.precision=bf16", f"results_dir={tmp_path / 'b'}"]))
+    assert fp32.name != bf16.name  # it changes the numbers, so it is part of the run id
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    pd.testing.assert_series_equal(a.loc[0], b.loc[0])  # evaluation is not autocast
+    losses = [r.xs("train_loss_mean", level="metric") for r in (a, b)]
+    assert not losses[0].equals(losses[1])
+    assert ((losses[1] - losses[0]) / losses[0]).abs().max() < 1e-2
