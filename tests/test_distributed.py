@@ -79,7 +79,8 @@ def _rows(results_dir):
     ("gain_ffn", "ddp", [], ["train.checkpoint_every=1"]),  # rank 0 writes the in-stage checkpoints
     ("gain_ffn", "fsdp", ["model.dtype=bfloat16"], []),    # bf16 weights, fp32 scales in one unit
     ("lora", "ddp", ["method.options.dropout=0"], ["train.grad_accum_steps=2"]),  # 1 block a piece
-    ("full_ft", "fsdp", [], []),
+    ("ewc", "fsdp", [], []),  # every weight trains, and the EWC penalty's gradient reaches the shards
+    ("gain", "fsdp", ["train.lr=0.1", "method.options.decay_to_one=0.5"], []),  # changes PPL by 0.6%
 ])
 def test_two_processes_give_the_single_process_perplexities(tmp_path, method, strategy, config,
                                                              execution):

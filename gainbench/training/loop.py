@@ -164,13 +164,9 @@ def _forward_backward(trained: TrainedModule, blocks, batch: torch.Tensor, setti
             with autocast:
                 loss = trained.module(input_ids=tokens, labels=tokens).loss
             objective = loss * (weight * ranks.world_size)
-            if last and regularization is not None:
-                penalty = regularization()
+            if last:  # once per step and rank; DDP/FSDP average it back to once
+                penalty = trained.penalty(regularization)
                 if penalty is not None:
-                    if settings.strategy == "fsdp" and ranks.world_size > 1:
-                        raise GainbenchError("this method's regularization term (e.g. GAIN's "
-                                             "decay_to_one, LoRA's l2, EWC) is not supported under "
-                                             "train.strategy=fsdp; use train.strategy=ddp")
                     objective = objective + penalty
             objective.backward()
         local_loss += weight * loss.item()

@@ -35,11 +35,25 @@ class TrainedModule:
     """``module`` is what the stage calls and steps; ``params`` its trainable tensors (by the
     model's own names); :meth:`finish` puts the trained values into the model's parameters."""
 
-    def __init__(self, module: nn.Module, params: dict[str, nn.Parameter],
-                 finish: Callable[[], None] = lambda: None):
+    def __init__(self, model: nn.Module, module: nn.Module, params: dict[str, nn.Parameter],
+                 finish: Callable[[], None] = lambda: None, sharded: bool = False):
+        self.model = model
         self.module = module
         self.params = params
         self.finish = finish
+        self.sharded = sharded
+
+    def penalty(self, regularization: Callable[[], torch.Tensor | None] | None):
+        """The method's regularization term (a function of the model), on the tensors in
+        training. Under FSDP these are the twin's shards: the term is computed on the model with
+        its trainable parameters swapped for the shards gathered whole (differentiably), so its
+        gradient reaches the shards."""
+        if regularization is None or not self.sharded:
+            return regularization() if regularization is not None else None
+        from torch.func import functional_call
+
+        whole = {f"model.{name}": p.full_tensor() for name, p in self.params.items()}
+        return functional_call(_Calls(self.model, regularization), whole, ())
 
     def no_sync(self, sync: bool):
         """Skip DDP's gradient all-reduce on a micro-batch that is not the step's last."""
@@ -48,15 +62,27 @@ class TrainedModule:
         return self.module.no_sync()
 
 
+class _Calls(nn.Module):
+    """``fn()`` as a module holding ``model``, so functional_call can swap its parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self):
+        return self.fn()
+
+
 def for_training(model: nn.Module, params: dict[str, nn.Parameter], strategy: str,
                  ranks: Ranks) -> TrainedModule:
     if strategy == "single" or ranks.world_size == 1:
-        return TrainedModule(model, params)
+        return TrainedModule(model, model, params)
     if strategy == "ddp":
         device = next(model.parameters()).device
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
-        return TrainedModule(ddp, params)
+        return TrainedModule(model, ddp, params)
     if strategy == "fsdp":
         return _fully_sharded(model, params)
     raise GainbenchError(f"unknown train.strategy {strategy!r}")
@@ -83,7 +109,7 @@ def _fully_sharded(model: nn.Module, params: dict[str, nn.Parameter]) -> Trained
         for name, p in sharded.items():
             params[name].copy_(p.full_tensor())
 
-    return TrainedModule(twin, sharded, finish)
+    return TrainedModule(model, twin, sharded, finish, sharded=True)
 
 
 def _decoder_layer_classes(model: nn.Module) -> set[str]:
