@@ -88,8 +88,8 @@ def _from_pretrained(spec: ModelSpec, path: str):
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.dtype],
                                                      use_safetensors=True, **kwargs)
-    except OSError as err:
-        if _no_safetensors(path, err):
+    except (OSError, ValueError) as err:  # ValueError: e.g. a folder without a usable tokenizer
+        if isinstance(err, OSError) and _no_safetensors(path, err):
             raise GainbenchError(
                 f"model '{spec.name}': '{path}' has no safetensors weights (model.safetensors or "
                 "model.safetensors.index.json); gainbench does not load pickle weights (.bin), "
@@ -99,9 +99,14 @@ def _from_pretrained(spec: ModelSpec, path: str):
                 "safe_serialization=True), then set model.name_or_path=OUT; or use a copy or hub "
                 "revision of the model that has safetensors weights") from None
         where = "local folder" if Path(path).exists() else "HF hub id"
-        hint = spec.download_hint or (
-            f"on a machine with internet run `hf download {path}` and copy the HF cache "
-            f"(HF_HOME) here, or set model.name_or_path=/path/to/a/local/copy")
+        if where == "local folder":
+            hint = ("the folder must hold a transformers checkpoint: config.json, the tokenizer's "
+                    "files and *.safetensors weights (what save_pretrained writes)"
+                    + (f"; {spec.download_hint}" if spec.download_hint else ""))
+        else:
+            hint = spec.download_hint or (
+                f"on a machine with internet run `hf download {path}` and copy the HF cache "
+                f"(HF_HOME) here, or set model.name_or_path=/path/to/a/local/copy")
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GainbenchError(f"cannot load model '{spec.name}' from {where} '{path}' "
                              f"({first_line}); {hint}") from None

@@ -79,8 +79,14 @@ def test_a_hub_repo_with_only_pickle_weights_is_refused(tiny_model, tiny_tokeniz
     AutoModelForCausalLM.from_pretrained(repo)  # found in the cache, and loadable but for its format
 
 
-def test_a_folder_without_any_weights_gets_the_download_hint(tiny_model, tiny_tokenizer, tmp_path):
+def test_a_folder_without_any_weights_says_what_it_must_hold(tiny_model, tiny_tokenizer, tmp_path):
     tiny_model.config.save_pretrained(tmp_path)  # a config and a tokenizer, no weights of any kind
     tiny_tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(GainbenchError, match=r"cannot load model 'saved' from local folder .*hf download"):
+    with pytest.raises(GainbenchError, match=r"cannot load model 'saved' from local folder .*"
+                                             r"must hold a transformers checkpoint"):
+        _load(str(tmp_path))
+
+
+def test_an_empty_folder_is_a_clear_error_not_a_traceback(tmp_path):
+    with pytest.raises(GainbenchError, match=r"from local folder .*must hold a transformers checkpoint"):
         _load(str(tmp_path))
