@@ -1,6 +1,7 @@
 """Shared fixtures: offline hub settings, Hydra composition, tiny models."""
 
 import os
+from pathlib import Path
 
 # Before transformers/datasets are imported anywhere: a hub call would hang 25-46 s before failing.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -60,3 +61,22 @@ def private_token_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(token_cache, "folder", lambda: folder)
     monkeypatch.delenv(token_cache.ENV_SWITCH, raising=False)
     return folder
+
+
+def subprocess_env(cache: Path) -> dict:
+    """Environment for a ``python -m gainbench`` subprocess: offline, one thread, and a private
+    gainbench cache in ``cache`` (its own tokens) that links the user's downloaded data wheels
+    and converted models, so nothing is fetched again."""
+    from gainbench.paths import cache_dir
+
+    cache.mkdir(parents=True, exist_ok=True)
+    real = cache_dir()
+    for shared in ("wheels", "models"):
+        (real / shared).mkdir(parents=True, exist_ok=True)
+        if not (cache / shared).exists():
+            (cache / shared).symlink_to(real / shared, target_is_directory=True)
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+                       GAINBENCH_CACHE=str(cache), TOKENIZERS_PARALLELISM="false",
+                       WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    environment.pop("GAINBENCH_TOKEN_CACHE", None)
+    return environment

@@ -22,7 +22,7 @@ import pytest
 
 from gainbench.distributed import Ranks
 from gainbench.protocol import run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, subprocess_env
 
 SMOKE = ["experiment=smoke", "sequence.order=[kjv_bible,icd10_medical,python_code]",
          "eval.lm_eval.stages=none", "eval.diagnostics.stages=none"]
@@ -31,8 +31,7 @@ BF16_PPL_TOLERANCE = 1e-4  # a bf16 model: measured 1.8e-5
 
 
 def _torchrun(overrides, results_dir, token_cache):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "GAINBENCH_CACHE": str(token_cache)}
+    env = subprocess_env(token_cache)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "gainbench", *overrides, f"results_dir={results_dir}"]
     # its own process group, so a hung run is killed with its workers, not orphaned
@@ -132,8 +131,7 @@ def test_a_distributed_strategy_without_a_launcher_is_refused_before_any_folder(
 
 @pytest.mark.slow
 def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_stages(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "GAINBENCH_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path / "cache")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "gainbench", *SMOKE, "method=full_ft", "train.lr=1e30", "train.strategy=ddp",
            f"results_dir={tmp_path / 'runs'}"]
@@ -157,8 +155,7 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
     run(compose_config(overrides + [f"results_dir={tmp_path / 'single'}"]))
 
     multi = overrides + [f"train.strategy={strategy}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "GAINBENCH_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path / "cache")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc_per_node=2", "-m", "gainbench", *multi,
                              f"results_dir={tmp_path / 'multi'}"],

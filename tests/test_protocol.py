@@ -1,7 +1,6 @@
 """The protocol end to end on the tiny model: the smoke preset, resume after a kill, bad input."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import gainbench.protocol as protocol
 from gainbench.errors import GainbenchError
 from gainbench.protocol import run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +160,7 @@ def test_out_of_memory_names_the_sizes_and_the_keys_that_shrink_them(tmp_path, m
 
 
 def _cli(*args, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = subprocess_env(tmp_path.parent / "cache")
     return subprocess.run([sys.executable, "-m", "gainbench", *args, f"results_dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=300)
 

@@ -9,7 +9,7 @@ import pytest
 
 from gainbench.results.runs import load_runs
 from gainbench.results.tables import build_tables
-from tests.conftest import compose_config
+from tests.conftest import compose_config, subprocess_env
 
 TINY_BUDGET = ["model=tiny-llama", "train.seq_len=64", "train.tokens_per_stage=512",
                "eval.val_tokens=256", "eval.lm_eval.stages=none", "eval.diagnostics.stages=none",
@@ -29,7 +29,8 @@ def test_lr_sweep_through_submitit_local_gives_one_folder_per_point(tmp_path):
     subprocess.run([sys.executable, "-m", "gainbench", "-m", "experiment=lr_sweep",
                     "hydra/launcher=submitit_local", "method=gain,lora", "lr_scale=1,4", "seed=0,1",
                     f"results_dir={tmp_path}", *TINY_BUDGET],
-                   check=True, capture_output=True, text=True, timeout=600)
+                   check=True, capture_output=True, text=True, timeout=600,
+                   env=subprocess_env(tmp_path / ".cache"))
     folders = sorted(p for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert len(folders) == 8  # 2 methods x 2 lrs x 2 seeds, each named by its run id
     metas = [json.loads((f / "run.json").read_text()) for f in folders]
@@ -58,7 +59,8 @@ def test_a_submitit_job_with_two_tasks_is_one_ddp_run_of_two_ranks(tmp_path):
     subprocess.run([sys.executable, "-m", "gainbench", "-m", "hydra/launcher=submitit_local",
                     "hydra.launcher.tasks_per_node=2", "train.strategy=ddp", "method=gain",
                     f"results_dir={tmp_path}", *TINY_BUDGET],
-                   check=True, capture_output=True, text=True, timeout=600)
+                   check=True, capture_output=True, text=True, timeout=600,
+                   env=subprocess_env(tmp_path / ".cache"))
     (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     meta = json.loads((folder / "run.json").read_text())
     assert meta["world_size"] == 2 and meta["finished_stages"] == [0, 1, 2]
