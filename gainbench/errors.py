@@ -7,3 +7,10 @@ class GainbenchError(Exception):
     The entry point prints it as ``gainbench: error: <message>`` and exits non-zero,
     without a traceback; anything else that escapes is a bug and keeps its traceback.
     """
+
+
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of ``err``'s message, to quote inside a one-line GainbenchError; ``default``
+    (or the exception's type name) when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else (default or type(err).__name__)

@@ -27,7 +27,7 @@ from gainbench.analysis.column_span import diagnose, snapshot_weights
 from gainbench.analysis.stage_analyses import StageAnalyses
 from gainbench.data.replay import mix_in_replay
 from gainbench.data.domains import DomainData, prepare_domain, read_documents, split_documents
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, first_line
 from gainbench.evaluation.perplexity import strided_nll, validation_nll
 from gainbench.methods import Method, count_parameters, make_method
 from gainbench.methods.gain import effective_weight
@@ -126,13 +126,13 @@ def _explain_out_of_memory(settings: RunSettings, stage: int):
         yield
     except torch.OutOfMemoryError as err:
         train = settings.train
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
         raise GainbenchError(
             f"out of memory in stage {stage} with model '{settings.model.name}' "
             f"(dtype {settings.model.dtype}), method '{settings.method_name}', "
             f"train.batch_size={train.batch_size} over train.grad_accum_steps={train.grad_accum_steps} "
             f"micro-batches, train.seq_len={settings.seq_len}, eval.batch_size="
-            f"{settings.eval_batch_size}, train.strategy={train.strategy} ({first_line}); "
+            f"{settings.eval_batch_size}, train.strategy={train.strategy} "
+            f"({first_line(err, 'out of memory')}); "
             "raise train.grad_accum_steps, set train.activation_checkpointing=true or "
             "train.precision=bf16, lower eval.batch_size, or use train.strategy=fsdp on more "
             "devices (lowering train.batch_size or train.seq_len changes the experiment)") from None

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, first_line
 
 
 def compose_settings(overrides: list[str]):
@@ -40,8 +40,7 @@ def compose_settings(overrides: list[str]):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
     except HydraException as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise GainbenchError(f"cannot compose the config ({first_line}); fix the override") from None
+        raise GainbenchError(f"cannot compose the config ({first_line(err)}); fix the override") from None
     return settings_from_config(cfg)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, first_line
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -192,7 +192,7 @@ def run_lm_eval(
                 raise  # our tasks read a file shipped next to their YAML: a real bug
             # Built-in tasks fetch their dataset from the HF hub; offline that fails here.
             raise GainbenchError(
-                f"lm-eval could not load the data of {tasks} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                f"lm-eval could not load the data of {tasks} ({type(err).__name__}: {first_line(err)}); "
                 "built-in tasks need their HF dataset in the local cache (HF_DATASETS_CACHE) "
                 f"- download it where the hub is reachable, or use the offline tasks {local}"
             ) from err

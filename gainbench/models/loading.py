@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,9 +107,8 @@ def _from_pretrained(spec: ModelSpec, path: str):
             hint = spec.download_hint or (
                 f"on a machine with internet run `hf download {path}` and copy the HF cache "
                 f"(HF_HOME) here, or set model.name_or_path=/path/to/a/local/copy")
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GainbenchError(f"cannot load model '{spec.name}' from {where} '{path}' "
-                             f"({first_line}); {hint}") from None
+                             f"({first_line(err)}); {hint}") from None
     return model, tokenizer
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, first_line
 from gainbench.results.store import atomic_write
 
 
@@ -70,8 +70,7 @@ class StageCheckpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             missing = sorted(set(params) - set(state["params"]))
         except Exception as err:  # truncated, overwritten, or not a checkpoint of ours
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise GainbenchError(f"in-stage checkpoint {self.path} cannot be read ({first_line}); "
+            raise GainbenchError(f"in-stage checkpoint {self.path} cannot be read ({first_line(err)}); "
                                  "delete it to restart this stage from its first step (finished "
                                  "stages are kept)") from None
         if missing:
