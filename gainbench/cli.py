@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, first_line
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CHOICE_GROUPS = ("model", "method", "sequence", "train", "eval", "experiment", "logger", "analysis")
@@ -26,6 +26,23 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
             if choice not in options:
                 raise GainbenchError(f"unknown {key} '{choice}'; choose one of: {', '.join(options)} "
                                      f"(or add configs/{key}/{choice}.yaml)")
+
+
+def compose_settings(overrides: list[str]):
+    """The RunSettings ``python -m gainbench <overrides>`` would run with (for scripts that plan
+    or prepare runs without starting one)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from gainbench.settings import settings_from_config
+
+    check_group_choices(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except HydraException as err:
+        raise GainbenchError(f"cannot compose the config ({first_line(err)}); fix the override") from None
+    return settings_from_config(cfg)
 
 
 def _offline_when_nothing_needs_the_hub(cfg: DictConfig) -> None:

@@ -48,14 +48,13 @@ FULL_MODEL_METHODS = {"full_ft", "ewc"}  # every weight trains: weight gradients
 
 
 def budget(overrides: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
+    from gainbench.cli import compose_settings
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    stages = len(cfg.sequence.order or cfg.sequence.domains)
-    return {"stages": stages, "seq_len": cfg.train.seq_len,
-            "train_tokens": stages * cfg.train.tokens_per_stage,
-            "eval_tokens": (stages + 1) * stages * cfg.eval.val_tokens}
+    settings = compose_settings(overrides)
+    stages = len(settings.domains)
+    return {"stages": stages, "seq_len": settings.seq_len,
+            "train_tokens": stages * settings.train_tokens,
+            "eval_tokens": (stages + 1) * stages * settings.val_tokens}
 
 
 def measured_throughput(path: Path | None) -> dict:

@@ -24,24 +24,8 @@ import os
 import sys
 import time
 
+from gainbench.cli import compose_settings
 from gainbench.errors import GainbenchError, first_line
-
-
-def compose_settings(overrides: list[str]):
-    """The RunSettings ``python -m gainbench <overrides>`` would run with."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    from gainbench.cli import CONFIG_DIR, check_group_choices
-    from gainbench.settings import settings_from_config
-
-    check_group_choices(overrides)
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except HydraException as err:
-        raise GainbenchError(f"cannot compose the config ({first_line(err)}); fix the override") from None
-    return settings_from_config(cfg)
 
 
 def load_tokenizer(settings, documents: dict):
@@ -110,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tokenizer = load_tokenizer(settings, documents)
         except (OSError, ValueError, GainbenchError) as err:
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             print(f"gainbench: tokenizer of model '{settings.model.name}' not loaded "
-                  f"({first_line}); documents are cached, the token cache is not filled",
+                  f"({first_line(err)}); documents are cached, the token cache is not filled",
                   file=sys.stderr)
     if tokenizer is not None and not token_cache.enabled():
         print(f"gainbench: {token_cache.ENV_SWITCH} is off: tokenising without caching")
