@@ -77,9 +77,8 @@ class Ranks:
 
 
 def init_ranks(strategy: str) -> Ranks:
-    """Join the process group a launcher set up for ``ddp``/``fsdp``; ``single`` is one process."""
-    if strategy not in STRATEGIES:
-        raise GainbenchError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    """Join the process group a launcher set up for ``ddp``/``fsdp``; ``single`` is one process.
+    ``strategy`` is one of :data:`STRATEGIES` (TrainSettings checks it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if strategy == "single":
         if world_size > 1:

@@ -48,8 +48,10 @@ class TrainedModule:
         training. Under FSDP these are the twin's shards: the term is computed on the model with
         its trainable parameters swapped for the shards gathered whole (differentiably), so its
         gradient reaches the shards."""
-        if regularization is None or not self.sharded:
-            return regularization() if regularization is not None else None
+        if regularization is None:
+            return None
+        if not self.sharded:
+            return regularization()
         from torch.func import functional_call
 
         whole = {f"model.{name}": p.full_tensor() for name, p in self.params.items()}
