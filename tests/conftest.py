@@ -80,3 +80,13 @@ def subprocess_env(cache: Path) -> dict:
                        WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     environment.pop("GAINBENCH_TOKEN_CACHE", None)
     return environment
+
+
+def load_script(path: Path):
+    """A script (scripts/*.py) imported as a module, so a test can call its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

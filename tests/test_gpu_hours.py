@@ -1,20 +1,18 @@
 """scripts/gpu_hours.py: the paper grid's budget from the config, FLOPs or measured rates."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_hours.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_hours():
-    spec = importlib.util.spec_from_file_location("gpu_hours", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script(SCRIPT)
     sys.path.remove(str(SCRIPT.parent.parent / "benchmarks"))
 
 

@@ -1,7 +1,6 @@
 """scripts/prepare_data.py: reads every domain, fills the token cache the runs then hit, and
 names what it could not prepare."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import torch
 from gainbench.cli import CONFIG_DIR
 from gainbench.data.domains import prepare_domain, read_documents, split_documents
 from gainbench.settings import settings_from_config
-from tests.conftest import compose_config
+from tests.conftest import compose_config, load_script
 from tests.data.tokenizer_calls import count_tokenizer_calls
 
 SCRIPT = CONFIG_DIR.parent / "scripts" / "prepare_data.py"
@@ -22,10 +21,7 @@ TINY = ["model=tiny-llama", "sequence.order=[kjv_bible]", "train.seq_len=64",
 
 @pytest.fixture(scope="module")
 def prepare_data():
-    spec = importlib.util.spec_from_file_location("prepare_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _table_row(out, domain):
