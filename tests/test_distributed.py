@@ -30,20 +30,24 @@ PPL_TOLERANCE = 1e-6
 BF16_PPL_TOLERANCE = 1e-4  # a bf16 model: measured 1.8e-5
 
 
-def _torchrun(overrides, results_dir, token_cache):
-    env = subprocess_env(token_cache)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "gainbench", *overrides, f"results_dir={results_dir}"]
-    # its own process group, so a hung run is killed with its workers, not orphaned
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def _torchrun_command(overrides, results_dir):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "gainbench", *overrides, f"results_dir={results_dir}"]
+
+
+def _torchrun(overrides, results_dir, token_cache, check=True) -> subprocess.CompletedProcess:
+    """Two ranks of ``python -m gainbench`` to the end; a hung run is killed with its workers."""
+    cmd = _torchrun_command(overrides, results_dir)
+    proc = subprocess.Popen(cmd, env=subprocess_env(token_cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         _kill_launcher_and_ranks(proc)
         raise
-    assert proc.returncode == 0, stderr[-3000:]
-    return stdout
+    if check:
+        assert proc.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def _kill_launcher_and_ranks(proc):
@@ -86,7 +90,8 @@ def test_two_processes_give_the_single_process_perplexities(tmp_path, method, st
     overrides = SMOKE + [f"method={method}", *config]
     single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
     run(compose_config(overrides + [f"results_dir={single_dir}"]))
-    out = _torchrun(overrides + [f"train.strategy={strategy}", *execution], multi_dir, tmp_path / "cache")
+    out = _torchrun(overrides + [f"train.strategy={strategy}", *execution], multi_dir,
+                    tmp_path / "cache").stdout
 
     single, multi = _rows(single_dir), _rows(multi_dir)
     assert single.index.equals(multi.index)  # the same rows, written once (rank 0)
@@ -131,11 +136,8 @@ def test_a_distributed_strategy_without_a_launcher_is_refused_before_any_folder(
 
 @pytest.mark.slow
 def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_stages(tmp_path):
-    env = subprocess_env(tmp_path / "cache")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "gainbench", *SMOKE, "method=full_ft", "train.lr=1e30", "train.strategy=ddp",
-           f"results_dir={tmp_path / 'runs'}"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = _torchrun(SMOKE + ["method=full_ft", "train.lr=1e30", "train.strategy=ddp"],
+                     tmp_path / "runs", tmp_path / "cache", check=False)
     assert done.returncode != 0
     assert "loss is nan at step" in done.stderr
     (meta,) = (tmp_path / "runs").glob("*/run.json")
@@ -155,12 +157,9 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
     run(compose_config(overrides + [f"results_dir={tmp_path / 'single'}"]))
 
     multi = overrides + [f"train.strategy={strategy}"]
-    env = subprocess_env(tmp_path / "cache")
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node=2", "-m", "gainbench", *multi,
-                             f"results_dir={tmp_path / 'multi'}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(_torchrun_command(multi, tmp_path / "multi"),
+                            env=subprocess_env(tmp_path / "cache"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while not list((tmp_path / "multi").glob("*/stages/partial_stage_2.pt")):
@@ -176,7 +175,7 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
             run(compose_config(overrides + [f"results_dir={tmp_path / 'multi'}"]))
         out = captured.getvalue()
     else:
-        out = _torchrun(multi, tmp_path / "multi", tmp_path / "cache")
+        out = _torchrun(multi, tmp_path / "multi", tmp_path / "cache").stdout
     assert "resuming run" in out and "train icd10_medical: continuing from step" in out
     single, resumed = _rows(tmp_path / "single"), _rows(tmp_path / "multi")
     assert single.index.equals(resumed.index)
