@@ -67,6 +67,11 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_tensor(self, tensor: torch.Tensor) -> None:
+        """Overwrite ``tensor`` in place with rank 0's."""
+        if self.world_size > 1:
+            dist.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

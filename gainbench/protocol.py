@@ -6,7 +6,10 @@
 Under ``train.strategy=ddp|fsdp`` every rank runs this loop on its own full copy of the weights:
 training and perplexity batches are split between ranks, lm-eval and the column-span diagnostic
 run on rank 0 while the others wait, and only rank 0 touches the run folder (lock, rows, stage
-state, run.json) and wandb.
+state, run.json) and wandb. With ``train.shard_weights=true`` each rank holds a shard of the
+weights instead (every forward pass is then collective): rank 0 alone reads the checkpoint,
+lm-eval runs on every rank over the same requests (rank 0 keeps the rows), absorbing edits each
+rank's rows of the weights, and the column-span diagnostic is refused (it needs the whole weights).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gainbench.results.wandb_mirror import WandbMirror
 from gainbench.settings import RunSettings, settings_from_config
 from gainbench.training.checkpoint import StageCheckpoint
 from gainbench.training.loop import train_stage
+from gainbench.training.parallel import gathered, is_sharded, on_sharded_weights, shard_model
 
 
 def run(cfg) -> Path:
@@ -58,8 +62,15 @@ def run(cfg) -> Path:
     if ranks.world_size > 1 and settings.analysis.any:
         raise GainbenchError("analysis=figures runs in one process; run it with "
                              "train.strategy=single (the perplexity rows are the same)")
+    if settings.train.shard_weights and not method.supports_sharded_weights:
+        raise GainbenchError(f"method '{settings.method_name}' needs the whole weights when it "
+                             "attaches, which train.shard_weights=true never gathers; use "
+                             "train.shard_weights=false (the weights must then fit one device)")
+    if settings.train.shard_weights and settings.diagnostics.stages != "none":
+        raise GainbenchError("the column-span diagnostic compares whole weight matrices, which "
+                             "train.shard_weights=true never gathers; add eval.diagnostics.stages=none")
     device = _device(settings.resolved_config.get("device", "auto"), ranks)
-    model, tokenizer, domains = _setup_model_and_data(settings, device)
+    model, tokenizer, domains = _setup_model_and_data(settings, device, ranks)
     # after every input check: bad input leaves no folder behind; only rank 0 writes
     with store.lock() if ranks.is_main else contextlib.nullcontext():
         run_dir = _run_stages(settings, method, store, model, tokenizer, domains, device, ranks)
@@ -96,11 +107,12 @@ def _run_stages(settings, method, store, model, tokenizer, domains, device, rank
                 model, training = _train_and_absorb(model, method, domains, stage, settings, store,
                                                     ranks)
             rows = _evaluate_perplexity(model, domains, settings, stage, ranks)
-            if ranks.is_main:  # one process each; the other ranks wait at the barrier below
-                if settings.lm_eval.runs_at(stage, last_stage):
-                    rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
-                if settings.diagnostics.runs_at(stage, last_stage):
-                    rows += _column_span_rows(model, base_weights)
+            # On rank 0 while the other ranks wait at the barrier below; on every rank when the
+            # weights are sharded, since each forward pass then needs them all.
+            if settings.lm_eval.runs_at(stage, last_stage) and (ranks.is_main or is_sharded(model)):
+                rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
+            if ranks.is_main and settings.diagnostics.runs_at(stage, last_stage):
+                rows += _column_span_rows(model, base_weights)
             rows += analyses.after_stage(model, stage)
         if training is not None:
             rows += _training_rows(training)
@@ -144,7 +156,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
     absorb. Returns the plain model and the training statistics."""
     domain, seed = domains[stage - 1], _stage_seed(settings.seed, stage)
     torch.manual_seed(seed)  # adapter initialisation (e.g. LoRA's A)
-    adapted = method.attach(model)
+    with on_sharded_weights(model):
+        adapted = method.attach(model)
     params = method.trainable_parameters(adapted)
     _warn_if_low_precision(params, settings)
     blocks = domain.train_blocks
@@ -160,13 +173,14 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
                            desc=f"stage {stage}/{len(domains)} train {domain.name}",
                            checkpoint=checkpoint, ranks=ranks)
     method.after_training(adapted, blocks, settings.train.batch_size)
+    state = gathered(method.stage_state(adapted), keep=ranks.is_main)  # sharded: every rank gathers
     if ranks.is_main:
-        store.save_stage_state(stage, method.stage_state(adapted),
-                               keep_only_latest=method.state_is_full_model)
+        store.save_stage_state(stage, state, keep_only_latest=method.state_is_full_model)
         if checkpoint:  # the stage's own state now covers it
             checkpoint.clear()
     training = dataclasses.replace(training, trainable_params=count_parameters(params.values()))
-    return method.absorb(adapted), training
+    with on_sharded_weights(adapted):
+        return method.absorb(adapted), training
 
 
 def _warn_if_low_precision(params: dict, settings: RunSettings) -> None:
@@ -200,7 +214,7 @@ def _device(name: str, ranks: distributed.Ranks) -> torch.device:
     return torch.device(name)
 
 
-def _setup_model_and_data(settings: RunSettings, device):
+def _setup_model_and_data(settings: RunSettings, device, ranks: distributed.Ranks):
     # Model first, so a bad model id fails before any data is read; tiny models fit their
     # BPE to the training text, so documents are read lazily and only once.
     documents: dict[str, list] = {}
@@ -215,7 +229,15 @@ def _setup_model_and_data(settings: RunSettings, device):
             train_docs, _ = split_documents(documents_of(spec), spec.validation_percent)
             yield from (d.text for d in train_docs[:200])
 
-    model, tokenizer = load_model(settings.model, device, tokenizer_texts)
+    if settings.train.shard_weights and ranks.world_size > 1:
+        # Rank 0 reads the checkpoint onto its CPU; each rank then holds only its shard.
+        loaded, tokenizer = (load_model(settings.model, torch.device("cpu"), tokenizer_texts)
+                             if ranks.is_main else (None, None))
+        tokenizer = ranks.broadcast(tokenizer)
+        model = shard_model(loaded, ranks, device, settings.model.trust_remote_code)
+        del loaded
+    else:
+        model, tokenizer = load_model(settings.model, device, tokenizer_texts)
     limit = context_length(model)
     if limit is not None and settings.seq_len > limit:
         raise GainbenchError(f"train.seq_len={settings.seq_len} is longer than model "
@@ -233,7 +255,8 @@ def _replay_finished_stages(model, method: Method, store: RunStore, done: list[i
         stages = stages[-1:]  # the latest full copy already contains every earlier stage
     for stage in stages:
         analyses.before_stage(model, stage)  # rebuild the snapshots an unfinished analysis needs
-        model = method.replay(model, store.load_stage_state(stage))
+        with on_sharded_weights(model):
+            model = method.replay(model, store.load_stage_state(stage))
         analyses.after_stage(model, stage, emit=False)
     return model
 

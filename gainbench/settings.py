@@ -24,7 +24,8 @@ NON_IDENTITY_KEYS = ("results_dir", "logger", "device", "progress")
 # train.* keys that say how a step is computed, not what it computes (the same rows, up to
 # floating-point summation order, or bitwise for checkpoints): a job requeued with more GPUs or
 # another strategy resumes its own run folder. run.json still records them.
-EXECUTION_TRAIN_KEYS = ("strategy", "grad_accum_steps", "activation_checkpointing", "checkpoint_every")
+EXECUTION_TRAIN_KEYS = ("strategy", "shard_weights", "grad_accum_steps", "activation_checkpointing",
+                        "checkpoint_every")
 # train.* values that change nothing when at this value, left out of the run id so that adding
 # the key did not move the ids of runs made before it existed.
 NEUTRAL_TRAIN_VALUES = {"precision": "fp32", "nonfinite": "stop"}
@@ -178,6 +179,7 @@ def settings_from_config(cfg) -> RunSettings:
             checkpoint_every=int(train.get("checkpoint_every", 0)),
             nonfinite=str(train.get("nonfinite", "stop")),
             strategy=str(train.get("strategy", "single")),
+            shard_weights=bool(train.get("shard_weights", False)),
             grad_accum_steps=int(train.get("grad_accum_steps", 1)),
             activation_checkpointing=bool(train.get("activation_checkpointing", False)),
             precision=str(train.get("precision", "fp32")),

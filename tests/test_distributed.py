@@ -84,6 +84,10 @@ def _rows(results_dir):
     ("lora", "ddp", ["method.options.dropout=0"], ["train.grad_accum_steps=2"]),  # 1 block a piece
     ("ewc", "fsdp", [], []),  # every weight trains, and the EWC penalty's gradient reaches the shards
     ("gain", "fsdp", ["train.lr=0.1", "method.options.decay_to_one=0.5"], []),  # changes PPL by 0.6%
+    # train.shard_weights: no rank ever holds the whole weights; lm-eval runs on both ranks
+    ("gain_ffn", "fsdp", ["eval.lm_eval.stages=first_last"], ["train.shard_weights=true"]),
+    ("lora", "fsdp", ["method.options.dropout=0"], ["train.shard_weights=true", "train.grad_accum_steps=2"]),
+    ("ewc", "fsdp", [], ["train.shard_weights=true"]),  # the penalty on the shards themselves
 ])
 def test_two_processes_give_the_single_process_perplexities(tmp_path, method, strategy, config,
                                                              execution):
@@ -147,6 +151,7 @@ def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_sta
 @pytest.mark.slow
 @pytest.mark.parametrize("method, strategy, resumed_by", [
     ("full_ft", "fsdp", "fsdp"),
+    ("full_ft", "fsdp_sharded_weights", "fsdp_sharded_weights"),  # replays stage 1 onto the shards
     ("gain_ffn", "ddp", "single"),  # a requeued job on other hardware resumes the same folder
 ])
 def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path, method, strategy,
@@ -156,7 +161,8 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
                          f"train.tokens_per_stage={steps * 4 * 64}"]
     run(compose_config(overrides + [f"results_dir={tmp_path / 'single'}"]))
 
-    multi = overrides + [f"train.strategy={strategy}"]
+    multi = overrides + (["train.strategy=fsdp", "train.shard_weights=true"]
+                         if strategy == "fsdp_sharded_weights" else [f"train.strategy={strategy}"])
     proc = subprocess.Popen(_torchrun_command(multi, tmp_path / "multi"),
                             env=subprocess_env(tmp_path / "cache"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

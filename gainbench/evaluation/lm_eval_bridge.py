@@ -147,6 +147,7 @@ def run_lm_eval(
     ``{"lm_eval_version", "task_versions", "n_shot", "configs_hash"}``.
     ``limit`` caps the examples per task (the first ``limit`` of each). ``include_path``: a
     folder of the user's own lm-eval task YAMLs, indexed beside gainbench's offline tasks.
+    A process whose ``LOCAL_RANK`` is not 0 gets ``([], {})``: lm-eval reports on one process.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -201,6 +202,10 @@ def run_lm_eval(
             random.setstate(py_state)
             np.random.set_state(np_state)
 
+    if results is None:
+        # lm-eval reports on the process with LOCAL_RANK 0 only: under train.shard_weights every
+        # rank evaluates (the forward passes need them all) and rank 0 keeps the rows.
+        return [], {}
     provenance = {
         "lm_eval_version": lm_eval.__version__,
         "task_versions": dict(results["versions"]),

@@ -5,7 +5,8 @@ Never a mean of per-batch perplexities, so the result does not depend on the bat
 Under ``train.strategy=ddp|fsdp`` each rank scores a contiguous share of the batches and the
 per-batch float64 sums of all ranks are added in batch order: the same additions, in the same
 order, as one process scoring every batch, so the pooled NLL is the single-process number
-(bitwise, when the weights are bitwise the same).
+(bitwise, when the weights are bitwise the same). This holds with the weights sharded too
+(``train.shard_weights``): each layer's weights are gathered whole for the forward pass.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gainbench.distributed import Ranks
+from gainbench.training.parallel import is_sharded
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,18 @@ def token_nll(model, batch: torch.Tensor) -> torch.Tensor:
     return nll.view(batch.shape)[:, :-1]
 
 
-def _pooled(score_batch, n_batches: int, ranks: Ranks) -> tuple[float, int]:
+def _pooled(score_batch, n_batches: int, ranks: Ranks, lockstep: bool = False) -> tuple[float, int]:
     """Sum of ``score_batch(i) -> (nll, n_tokens)`` over batches ``0..n_batches-1``, each rank
-    scoring its share, added in batch order."""
-    mine = [score_batch(i) for i in ranks.shard(n_batches)]
+    scoring its share, added in batch order.
+
+    ``lockstep`` (a model whose weights are sharded, so each forward pass is a collective): a
+    rank with a shorter share scores batch 0 once more and discards it, so every rank makes
+    the same number of passes."""
+    share = ranks.shard(n_batches)
+    mine = [score_batch(i) for i in share]
+    longest = -(-n_batches // ranks.world_size)  # rank 0's share
+    if lockstep and len(share) < longest:
+        score_batch(0)
     total, n_scored = 0.0, 0
     for nll, n in ranks.gather(mine):
         total += nll
@@ -62,7 +72,9 @@ def _pooled(score_batch, n_batches: int, ranks: Ranks) -> tuple[float, int]:
     return total, n_scored
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: on a sharded model FSDP keeps the gathered weights' buffers for
+# later passes, and buffers made in inference mode could not be written by training after it.
+@torch.no_grad()
 def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 8,
                    ranks: Ranks = Ranks()) -> PooledNLL:
     """Pooled NLL of ``blocks`` (``[n, block_len]`` token ids), each block scored on its own."""
@@ -75,7 +87,7 @@ def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 
         # summed in float64: the total must not depend on batching
         return float(token_nll(model, batch).double().sum()), batch.size(0) * (batch.size(1) - 1)
 
-    total, n_scored = _pooled(score, math.ceil(len(blocks) / batch_size), ranks)
+    total, n_scored = _pooled(score, math.ceil(len(blocks) / batch_size), ranks, is_sharded(model))
     model.train(was_training)
     return PooledNLL(total, n_scored, n_bytes)
 
@@ -95,7 +107,7 @@ def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     return windows
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: see validation_nll
 def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride: int,
                 batch_size: int = 8, ranks: Ranks = Ranks()) -> PooledNLL:
     """Pooled NLL of a 1-D token stream with a sliding window (the HF "perplexity of
@@ -130,6 +142,6 @@ def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride:
         # Summed in float64 per window batch, so batching changes only rounding in the last digits.
         return float(nll.double()[keep].sum()), int(keep.sum())
 
-    total, n_scored = _pooled(score, math.ceil(len(windows) / batch_size), ranks)
+    total, n_scored = _pooled(score, math.ceil(len(windows) / batch_size), ranks, is_sharded(model))
     model.train(was_training)
     return PooledNLL(total, n_scored, n_bytes)

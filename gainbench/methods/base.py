@@ -47,6 +47,8 @@ class Method:
     exempt_from_weight_decay: ClassVar[bool] = False
     # True when stage_state is the whole model (full FT): resume needs only the latest one.
     state_is_full_model: ClassVar[bool] = False
+    # False when attaching needs the whole weights at once (train.shard_weights refuses it).
+    supports_sharded_weights: ClassVar[bool] = True
 
     def attach(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError

@@ -15,6 +15,7 @@ import torch.nn as nn
 from gainbench.errors import GainbenchError
 from gainbench.methods.base import register
 from gainbench.methods.full_ft import FullFineTuning
+from gainbench.training.parallel import shaped_like
 
 FISHER_PREFIX = "ewc.fisher."
 
@@ -66,8 +67,9 @@ class EWC(FullFineTuning):
     def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         weights = {n: t for n, t in state.items() if not n.startswith(FISHER_PREFIX)}
         model = super().replay(model, weights)
-        device = next(model.parameters()).device
-        self.fisher = {n[len(FISHER_PREFIX):]: t.to(device) for n, t in state.items()
-                       if n.startswith(FISHER_PREFIX)}
+        params = dict(model.named_parameters())
+        # on the parameters' device, and sharded as they are (train.shard_weights)
+        self.fisher = {n[len(FISHER_PREFIX):]: shaped_like(t, params[n[len(FISHER_PREFIX):]])
+                       for n, t in state.items() if n.startswith(FISHER_PREFIX)}
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
         return model

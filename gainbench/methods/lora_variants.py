@@ -16,6 +16,8 @@ class DoRA(LoRA):
     """PEFT's weight-decomposed LoRA (``use_dora=True``): magnitude vector plus low-rank direction."""
 
     use_dora = True
+    # PEFT initialises the magnitude from the norms of the whole weight matrix, at attach time
+    supports_sharded_weights = False
 
 
 @register("lora_l2")

@@ -64,6 +64,9 @@ class IA3(_PeftMethod):
     """
 
     exempt_from_weight_decay = True
+    # PEFT's (IA)^3 merge assigns ``weight.data``, which a sharded weight does not take (see
+    # gainbench.training.parallel.on_sharded_weights); GAIN computes the same and is supported.
+    supports_sharded_weights = False
 
     def __init__(self, targets=("attn_out",)):
         self.targets = list(targets) if targets is not None else None

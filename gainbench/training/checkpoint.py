@@ -17,10 +17,11 @@ import os
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 
 from gainbench.errors import GainbenchError, first_line
 from gainbench.results.store import atomic_write
+from gainbench.training.parallel import gathered, shaped_like
 
 
 class StageCheckpoint:
@@ -43,14 +44,16 @@ class StageCheckpoint:
     def save(self, steps_done: int, params: dict[str, torch.nn.Parameter], optimizer, scheduler,
              losses: list[float]) -> None:
         optimizer_state = optimizer.state_dict()
-        # new dicts: state_dict() hands out the optimiser's live per-parameter dicts
-        optimizer_state["state"] = {
-            index: {key: _whole(value) if isinstance(value, DTensor) else value
-                    for key, value in per_param.items()}
-            for index, per_param in optimizer_state["state"].items()}
+        # new dicts (state_dict() hands out the optimiser's live per-parameter dicts), gathered
+        # on every rank and kept only by the writer
+        optimizer_state["state"] = {index: gathered(per_param, keep=self.writer)
+                                    for index, per_param in optimizer_state["state"].items()}
+        params = gathered(params, keep=self.writer)
+        if not self.writer:
+            return
         state = {
             "steps_done": steps_done,
-            "params": {name: _whole(p) for name, p in params.items()},
+            "params": params,
             "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
@@ -58,8 +61,7 @@ class StageCheckpoint:
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        if self.writer:
-            atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
     def restore(self, params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> tuple[int, list[float]]:
         """Load the checkpoint into ``params``, ``optimizer`` and ``scheduler`` and the global RNG;
@@ -67,7 +69,8 @@ class StageCheckpoint:
         if not self.path.exists():
             return 0, []
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            # mmap: the ranks of one machine share the file's pages instead of a copy each
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
             missing = sorted(set(params) - set(state["params"]))
         except Exception as err:  # truncated, overwritten, or not a checkpoint of ours
             raise GainbenchError(f"in-stage checkpoint {self.path} cannot be read ({first_line(err)}); "
@@ -79,13 +82,13 @@ class StageCheckpoint:
                                  "this stage from its first step")
         with torch.no_grad():
             for name, p in params.items():
-                p.copy_(_shaped_like(state["params"][name], p))
+                p.copy_(shaped_like(state["params"][name], p))
         ordered = [p for group in optimizer.param_groups for p in group["params"]]
         for index, per_param in state["optimizer"]["state"].items():
             param = ordered[index]
             for key, value in per_param.items():
                 if isinstance(param, DTensor) and value.shape == param.shape:
-                    per_param[key] = _shaped_like(value, param)
+                    per_param[key] = shaped_like(value, param)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -96,17 +99,3 @@ class StageCheckpoint:
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
 
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of ``tensor``; an FSDP-sharded one gathered whole first (every rank calls it)."""
-    if isinstance(tensor, DTensor):
-        tensor = tensor.full_tensor()
-    return tensor.detach().cpu().clone()
-
-
-def _shaped_like(saved: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``saved`` on ``like``'s device and dtype, and sharded as ``like`` is."""
-    if isinstance(like, DTensor):
-        local = like.to_local()
-        return distribute_tensor(saved.to(local.device, local.dtype), like.device_mesh, like.placements)
-    return saved.to(like.device, like.dtype)

@@ -33,6 +33,7 @@ class TrainSettings:
     # How a step is computed, not what it computes: batch_size stays the global batch whatever
     # the number of processes and micro-batches (gainbench.settings keeps these out of the run id).
     strategy: str = "single"          # single | ddp | fsdp (gainbench.training.parallel)
+    shard_weights: bool = False       # fsdp: the weights stay sharded for the whole run
     grad_accum_steps: int = 1         # micro-batches per process per optimiser step
     activation_checkpointing: bool = False
     precision: str = "fp32"           # fp32 | bf16: autocast of the training forward/backward
@@ -49,6 +50,9 @@ class TrainSettings:
         if self.strategy not in STRATEGIES:
             raise GainbenchError(f"train.strategy must be one of {', '.join(STRATEGIES)}, "
                                  f"got {self.strategy!r}")
+        if self.shard_weights and self.strategy != "fsdp":
+            raise GainbenchError("train.shard_weights=true keeps the weights sharded by FSDP; "
+                                 f"use it with train.strategy=fsdp (got {self.strategy!r})")
         if self.grad_accum_steps < 1:
             raise GainbenchError(f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.precision not in PRECISIONS:
@@ -154,6 +158,9 @@ def _forward_backward(trained: TrainedModule, blocks, batch: torch.Tensor, setti
     micro_batches = batch[share.start:share.stop].tensor_split(settings.grad_accum_steps)
     autocast = (torch.autocast(device.type, dtype=PRECISIONS[settings.precision])
                 if PRECISIONS[settings.precision] else contextlib.nullcontext())
+    # On sharded weights FSDP swaps in whole tensors during a forward pass: a penalty on the
+    # weights (EWC) is taken before it, on the shards, as its gradient must reach them.
+    early_penalty = trained.penalty(regularization) if trained.weights_sharded else None
     local_loss = 0.0
     for i, ids in enumerate(micro_batches):
         weight = len(ids) / len(batch)
@@ -165,11 +172,12 @@ def _forward_backward(trained: TrainedModule, blocks, batch: torch.Tensor, setti
                 loss = trained.module(input_ids=tokens, labels=tokens).loss
             objective = loss * (weight * ranks.world_size)
             if last:  # once per step and rank; DDP/FSDP average it back to once
-                penalty = trained.penalty(regularization)
+                penalty = early_penalty if trained.weights_sharded else trained.penalty(regularization)
                 if penalty is not None:
                     objective = objective + penalty
             objective.backward()
         local_loss += weight * loss.item()
+    trained.sync(ranks)
     return ranks.sum(local_loss)
 
 
