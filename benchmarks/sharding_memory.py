@@ -1,4 +1,5 @@
-"""What each rank holds for training under train.strategy=single, ddp and fsdp, and its step time.
+"""What each rank holds for training under train.strategy=single, ddp and fsdp (with and
+without train.shard_weights), and its step time.
 
     python benchmarks/sharding_memory.py [--model smollm2|tiny] [--methods full_ft gain_ffn] [--quick]
 
@@ -6,10 +7,12 @@ For each strategy it launches ``torchrun --standalone --nproc_per_node=2`` (``si
 process) running gainbench's own training path (``gainbench.training.parallel.for_training`` and
 the loop's micro-batched step) on the same global batch, and reports per rank: the bytes of the
 trainable tensors it holds, of their gradients and of the AdamW moments (local shards under
-FSDP), and the median step time. Every rank has ``--threads`` intra-op threads (default 1), so
-2 ranks use twice the cores of one process: the times show what splitting a batch costs and
-saves, not a like-for-like speed-up. The full weights each rank keeps for evaluation (the model
-itself) are the same in every strategy and not counted. Writes sharding_memory.json/.csv.
+FSDP), the bytes of the model's weights it holds (``fsdp_sharded_weights``: its shard; otherwise
+the whole model, kept for evaluation), its peak resident memory (largest rank, and largest rank
+other than rank 0, which reads the checkpoint whole), and the median step time. Every
+rank has ``--threads`` intra-op threads (default 1), so 2 ranks use twice the cores of one
+process: the times show what splitting a batch costs and saves, not a like-for-like speed-up.
+Writes sharding_memory.json/.csv.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import _bench
 
-STRATEGIES = ("single", "ddp", "fsdp")
+STRATEGIES = ("single", "ddp", "fsdp", "fsdp_sharded_weights")
 
 
 def _local_bytes(tensor) -> int:
@@ -34,20 +37,31 @@ def _local_bytes(tensor) -> int:
 
 
 def worker(args) -> None:
+    import resource
+
     import torch
 
     from gainbench.distributed import close, init_ranks
     from gainbench.training.loop import TrainSettings, _forward_backward
-    from gainbench.training.parallel import for_training
+    from gainbench.training.parallel import for_training, on_sharded_weights, shard_model
 
-    ranks = init_ranks(args.strategy)
-    model, vocab = _bench.load_model(args.model)
+    sharded = args.strategy == "fsdp_sharded_weights"
+    settings = TrainSettings(lr=1e-5, batch_size=args.batch_size, shard_weights=sharded,
+                             strategy="fsdp" if sharded else args.strategy)
+    ranks = init_ranks(settings.strategy)
+    if sharded:  # as the protocol does: rank 0 reads the weights, each rank keeps its shard
+        loaded, vocab = _bench.load_model(args.model) if ranks.is_main else (None, None)
+        model, vocab = shard_model(loaded, ranks, torch.device("cpu")), ranks.broadcast(vocab)
+        del loaded
+    else:
+        model, vocab = _bench.load_model(args.model)
     method = _bench.make_registered_method(args.method)
     torch.manual_seed(0)
-    adapted = method.attach(model)
+    with on_sharded_weights(model):
+        adapted = method.attach(model)
     params = method.trainable_parameters(adapted)
-    settings = TrainSettings(lr=1e-5, batch_size=args.batch_size, strategy=args.strategy)
-    trained = for_training(adapted, params, args.strategy, ranks)
+    weights = sum(_local_bytes(p) for p in adapted.parameters())
+    trained = for_training(adapted, params, settings.strategy, ranks)
     optimizer = torch.optim.AdamW(list(trained.params.values()), lr=settings.lr)
     blocks = _bench.random_blocks(vocab, args.batch_size * (args.steps + 1), args.seq_len)
     trained.module.train()
@@ -66,7 +80,9 @@ def worker(args) -> None:
                   if torch.is_tensor(v) and v.dim() > 0)
     row = {"strategy": args.strategy, "method": args.method, "rank": ranks.rank,
            "world_size": ranks.world_size, "trained_tensor_bytes": sum(_local_bytes(p) for p in trained.params.values()),
-           "grad_bytes": grads, "adamw_moment_bytes": moments,
+           "grad_bytes": grads, "adamw_moment_bytes": moments, "weight_bytes": weights,
+           # ru_maxrss is KiB on Linux
+           "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "step_s": statistics.median(times), "tokens_per_step": args.batch_size * args.seq_len}
     for each in ranks.gather([row]):  # one printer: two ranks' lines would interleave
         if ranks.is_main:
@@ -112,13 +128,22 @@ def main():
             held = worst["trained_tensor_bytes"] + worst["grad_bytes"] + worst["adamw_moment_bytes"]
             base = single["trained_tensor_bytes"] + single["grad_bytes"] + single["adamw_moment_bytes"]
             rows.append({**worst, "ranks": len(ranks), "training_state_MiB": held / 2**20,
+                         "weights_MiB": max(r["weight_bytes"] for r in ranks) / 2**20,
+                         "peak_rss_MiB": max(r["peak_rss_MiB"] for r in ranks),
+                         # rank 0 reads the checkpoint whole; the others never hold it
+                         "peak_rss_other_ranks_MiB": max((r["peak_rss_MiB"] for r in ranks
+                                                          if r["rank"]), default=None),
                          "vs_single": held / base, "step_s_vs_single": worst["step_s"] / single["step_s"]})
     _bench.print_table(
         [{**r, "MiB": f"{r['training_state_MiB']:.1f}", "vs single": f"{r['vs_single']:.3f}",
+          "weights MiB": f"{r['weights_MiB']:.1f}", "peak RSS MiB": f"{r['peak_rss_MiB']:.0f}",
+          "ranks > 0": "-" if r["peak_rss_other_ranks_MiB"] is None else f"{r['peak_rss_other_ranks_MiB']:.0f}",
           "step s": f"{r['step_s']:.3f}", "step vs single": f"{r['step_s_vs_single']:.2f}"} for r in rows],
-        ["method", "strategy", "ranks", "MiB", "vs single", "step s", "step vs single"],
-        title=f"training state per rank (trained tensors + gradients + AdamW moments; largest rank), "
-              f"{args.model}, global batch {args.batch_size}x{args.seq_len}")
+        ["method", "strategy", "ranks", "MiB", "vs single", "weights MiB", "peak RSS MiB", "ranks > 0",
+         "step s", "step vs single"],
+        title=f"per rank (largest): training state (trained tensors + gradients + AdamW moments), "
+              f"weights held, peak resident memory; {args.model}, global batch "
+              f"{args.batch_size}x{args.seq_len}")
     stem = "sharding_memory_quick" if args.quick else "sharding_memory"
     _bench.write_results(args.out, stem, rows, settings={k: str(v) for k, v in vars(args).items()})
 

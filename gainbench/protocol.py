@@ -58,17 +58,12 @@ def run(cfg) -> Path:
         print_summary(store.rows(), [d.name for d in settings.domains])
         return store.run_dir
 
+    if settings.train.shard_weights:
+        _check_sharded_weights(settings, method)
     ranks = distributed.init_ranks(settings.train.strategy)
     if ranks.world_size > 1 and settings.analysis.any:
         raise GainbenchError("analysis=figures runs in one process; run it with "
                              "train.strategy=single (the perplexity rows are the same)")
-    if settings.train.shard_weights and not method.supports_sharded_weights:
-        raise GainbenchError(f"method '{settings.method_name}' needs the whole weights when it "
-                             "attaches, which train.shard_weights=true never gathers; use "
-                             "train.shard_weights=false (the weights must then fit one device)")
-    if settings.train.shard_weights and settings.diagnostics.stages != "none":
-        raise GainbenchError("the column-span diagnostic compares whole weight matrices, which "
-                             "train.shard_weights=true never gathers; add eval.diagnostics.stages=none")
     device = _device(settings.resolved_config.get("device", "auto"), ranks)
     model, tokenizer, domains = _setup_model_and_data(settings, device, ranks)
     # after every input check: bad input leaves no folder behind; only rank 0 writes
@@ -129,6 +124,21 @@ def _run_stages(settings, method, store, model, tokenizer, domains, device, rank
         print_summary(store.rows(), [d.name for d in settings.domains])
     say(f"gainbench: results in {store.run_dir}")
     return store.run_dir
+
+
+def _check_sharded_weights(settings: RunSettings, method: Method) -> None:
+    """What needs whole weight matrices, which train.shard_weights=true never gathers."""
+    never = "train.shard_weights=true never gathers"
+    if not method.supports_sharded_weights:
+        raise GainbenchError(f"method '{settings.method_name}' needs whole weight matrices, which "
+                             f"{never}; use train.shard_weights=false (the weights must then fit "
+                             "one device)")
+    if settings.diagnostics.stages != "none":
+        raise GainbenchError(f"the column-span diagnostic compares whole weight matrices, which "
+                             f"{never}; add eval.diagnostics.stages=none")
+    if settings.analysis.any:
+        raise GainbenchError("analysis=figures runs in one process on whole weights; run it with "
+                             "train.strategy=single (the perplexity rows are the same)")
 
 
 @contextlib.contextmanager

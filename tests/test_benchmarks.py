@@ -18,7 +18,7 @@ SCRIPTS = {
     ("absorbed_inference.py",): ("forward latency", ["absorbed_inference.json", "absorbed_inference.csv"]),
     ("protocol_profile.py",): ("protocol wall time by phase", ["protocol_profile.json",
                                                               "protocol_profile.csv"]),
-    ("sharding_memory.py", "--methods", "full_ft"): ("training state per rank",
+    ("sharding_memory.py", "--methods", "full_ft"): ("per rank (largest): training state",
                                                      ["sharding_memory_quick.json", "sharding_memory_quick.csv"]),
     ("gpu.py", "--dry-run"): ("the plan", ["gpu_plan.json", "gpu_plan.csv"]),
     ("gpu.py",): ("gpu.py (", ["gpu_quick_*.json", "gpu_quick_*.csv"]),

@@ -113,10 +113,16 @@ def test_a_credential_in_the_config_is_refused_before_it_reaches_run_json(secret
 
 def test_execution_settings_leave_the_run_id_alone_but_bf16_does_not():
     base = settings_from_config(compose_config([])).run_id
-    for same in (["train.strategy=fsdp"], ["train.grad_accum_steps=4"],
+    for same in (["train.strategy=fsdp"], ["train.strategy=fsdp", "train.shard_weights=true"],
+                 ["train.grad_accum_steps=4"],
                  ["train.activation_checkpointing=true"], ["train.checkpoint_every=50"]):
         assert settings_from_config(compose_config(same)).run_id == base
     assert settings_from_config(compose_config(["train.precision=bf16"])).run_id != base
+
+
+def test_sharded_weights_need_fsdp():
+    with pytest.raises(GainbenchError, match="use it with train.strategy=fsdp"):
+        settings_from_config(compose_config(["train.strategy=ddp", "train.shard_weights=true"]))
 
 
 @pytest.mark.parametrize("model", ["gpt2-large", "qwen2.5", "mistral", "llama2-13b", "llama2-70b"])

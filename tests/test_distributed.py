@@ -138,6 +138,22 @@ def test_a_distributed_strategy_without_a_launcher_is_refused_before_any_folder(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("overrides, problem", [
+    (["method=dora"], "method 'dora' needs whole weight matrices"),
+    (["method=ia3"], "method 'ia3' needs whole weight matrices"),
+    (["eval.diagnostics.stages=last"], "add eval.diagnostics.stages=none"),
+    (["analysis=figures"], "analysis=figures runs in one process"),
+])
+def test_what_needs_whole_weights_is_refused_with_sharded_weights_before_any_folder(
+        tmp_path, overrides, problem):
+    from gainbench.errors import GainbenchError
+
+    sharded = ["train.strategy=fsdp", "train.shard_weights=true", f"results_dir={tmp_path}"]
+    with pytest.raises(GainbenchError, match=problem):
+        run(compose_config(SMOKE + overrides + sharded))  # before looking for a launcher
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_a_nan_on_two_ranks_stops_both_with_the_error_and_keeps_the_finished_stages(tmp_path):
     done = _torchrun(SMOKE + ["method=full_ft", "train.lr=1e30", "train.strategy=ddp"],
