@@ -9,7 +9,8 @@ run on rank 0 while the others wait, and only rank 0 touches the run folder (loc
 state, run.json) and wandb. With ``train.shard_weights=true`` each rank holds a shard of the
 weights instead (every forward pass is then collective): rank 0 alone reads the checkpoint,
 lm-eval runs on every rank over the same requests (rank 0 keeps the rows), absorbing edits each
-rank's rows of the weights, and the column-span diagnostic is refused (it needs the whole weights).
+rank's rows of the weights, and the column-span diagnostic gathers one weight matrix at a time
+for rank 0 to analyse.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from gainbench.results.wandb_mirror import WandbMirror
 from gainbench.settings import RunSettings, settings_from_config
 from gainbench.training.checkpoint import StageCheckpoint
 from gainbench.training.loop import train_stage
-from gainbench.training.parallel import gathered, is_sharded, on_sharded_weights, shard_model
+from gainbench.training.parallel import (OffloadedShard, gathered, is_sharded, on_sharded_weights,
+                                         shard_model, whole)
 
 
 def run(cfg) -> Path:
@@ -83,7 +85,7 @@ def _run_stages(settings, method, store, model, tokenizer, domains, device, rank
         return store.run_dir
     meta = store.meta() or _initial_meta(settings, model, device, domains, ranks)
     # The diagnostic compares against the base weights: copy them before any stage changes them.
-    base_weights = (snapshot_weights(model, list(settings.diagnostics.targets))
+    base_weights = (_snapshot_base_weights(model, list(settings.diagnostics.targets))
                     if settings.diagnostics.stages != "none" and settings.diagnostics.targets else None)
     analyses = _stage_analyses(settings, method, store, domains)
     logger = (settings.resolved_config.get("logger") or {}) if ranks.is_main else {}
@@ -103,11 +105,12 @@ def _run_stages(settings, method, store, model, tokenizer, domains, device, rank
                                                     ranks)
             rows = _evaluate_perplexity(model, domains, settings, stage, ranks)
             # On rank 0 while the other ranks wait at the barrier below; on every rank when the
-            # weights are sharded, since each forward pass then needs them all.
-            if settings.lm_eval.runs_at(stage, last_stage) and (ranks.is_main or is_sharded(model)):
+            # weights are sharded, since each forward pass or gathered matrix then needs them all.
+            whole_model_here = ranks.is_main or is_sharded(model)
+            if settings.lm_eval.runs_at(stage, last_stage) and whole_model_here:
                 rows += _evaluate_lm_eval(model, tokenizer, settings, meta)
-            if ranks.is_main and settings.diagnostics.runs_at(stage, last_stage):
-                rows += _column_span_rows(model, base_weights)
+            if settings.diagnostics.runs_at(stage, last_stage) and whole_model_here:
+                rows += _column_span_rows(model, base_weights, ranks)
             rows += analyses.after_stage(model, stage)
         if training is not None:
             rows += _training_rows(training)
@@ -133,9 +136,6 @@ def _check_sharded_weights(settings: RunSettings, method: Method) -> None:
         raise GainbenchError(f"method '{settings.method_name}' needs whole weight matrices, which "
                              f"{never}; use train.shard_weights=false (the weights must then fit "
                              "one device)")
-    if settings.diagnostics.stages != "none":
-        raise GainbenchError(f"the column-span diagnostic compares whole weight matrices, which "
-                             f"{never}; add eval.diagnostics.stages=none")
     if settings.analysis.any:
         raise GainbenchError("analysis=figures runs in one process on whole weights; run it with "
                              "train.strategy=single (the perplexity rows are the same)")
@@ -316,12 +316,30 @@ def _evaluate_lm_eval(model, tokenizer, settings: RunSettings, meta: dict):
     return [dict(eval_kind="lm_eval", **row) for row in rows]
 
 
-def _column_span_rows(model, base_weights):
+def _snapshot_base_weights(model, targets: list[str]):
+    """The diagnostic's base weights, on the CPU; on sharded weights each rank copies its shard."""
+    if not is_sharded(model):
+        return snapshot_weights(model, targets)
+    with on_sharded_weights(model):  # the shards themselves, not the root's gathered copy
+        weights, layout = snapshot_weights(model, targets, clone=False)
+        return {name: OffloadedShard(w) for name, w in weights.items()}, layout
+
+
+def _column_span_rows(model, base_weights, ranks: distributed.Ranks):
     """How much of the cumulative update leaves the base weights' spans (DESIGN.md section 2)."""
     weights, layout = base_weights
-    current = {name: effective_weight(model.get_submodule(name)) for name in weights}
-    # computed where the model is (the base copy waits on the CPU, one matrix moved at a time)
-    return diagnose(weights, current, layout, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    if not is_sharded(model):
+        current = {name: effective_weight(model.get_submodule(name)) for name in weights}
+        # computed where the model is (the base copy waits on the CPU, one matrix moved at a time)
+        return diagnose(weights, current, layout, device=device)
+    rows = []
+    with on_sharded_weights(model):  # every rank gathers each pair whole; rank 0 analyses it
+        for name, base in weights.items():
+            pair = whole(base), whole(effective_weight(model.get_submodule(name)))
+            if ranks.is_main:
+                rows += diagnose({name: pair[0]}, {name: pair[1]}, layout, device=device)
+    return rows
 
 
 def _training_rows(training):

@@ -13,12 +13,14 @@ and on resume, ``method.replay(model, state)`` re-applies a finished stage exact
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError
+from gainbench.training.parallel import shaped_like
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -69,7 +71,7 @@ class Method:
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model).items()}
 
-    def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    def replay(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
         """Re-apply a finished stage: attach, load its trained tensors, absorb."""
         attached = self.attach(model)
         params = self.trainable_parameters(attached)
@@ -79,8 +81,8 @@ class Method:
                                  f"(mismatched tensors: {sorted(missing)[:3]}); delete the run folder "
                                  "to start over")
         with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(state[name])
+            for name, param in params.items():  # one tensor read at a time
+                param.copy_(shaped_like(state[name], param))
         return self.absorb(attached)
 
 

@@ -9,6 +9,8 @@ training data: batch-level gradients, a cheap and common approximation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn as nn
 
@@ -65,11 +67,30 @@ class EWC(FullFineTuning):
         return state
 
     def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-        weights = {n: t for n, t in state.items() if not n.startswith(FISHER_PREFIX)}
+        # a view by name: the state's tensors are read one at a time (RunStore.load_stage_state)
+        weights = _Selected(state, [n for n in state if not n.startswith(FISHER_PREFIX)])
         model = super().replay(model, weights)
         params = dict(model.named_parameters())
         # on the parameters' device, and sharded as they are (train.shard_weights)
-        self.fisher = {n[len(FISHER_PREFIX):]: shaped_like(t, params[n[len(FISHER_PREFIX):]])
-                       for n, t in state.items() if n.startswith(FISHER_PREFIX)}
+        self.fisher = {n: shaped_like(state[FISHER_PREFIX + n], params[n])
+                       for n in (k[len(FISHER_PREFIX):] for k in state if k.startswith(FISHER_PREFIX))}
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
         return model
+
+
+class _Selected(Mapping):
+    """``state`` restricted to ``names``, without reading any tensor."""
+
+    def __init__(self, state: Mapping, names: list[str]):
+        self._state, self._names = state, names
+
+    def __getitem__(self, name):
+        if name not in self._names:
+            raise KeyError(name)
+        return self._state[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)

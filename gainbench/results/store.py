@@ -13,12 +13,14 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from gainbench.errors import GainbenchError
 
@@ -41,6 +43,29 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class _StageTensors(Mapping):
+    """A safetensors file's tensors by name, each read on lookup (the header is read at once)."""
+
+    def __init__(self, file, unreadable):
+        self._file = file
+        self._names = list(file.keys())
+        self._unreadable = unreadable
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        try:
+            return self._file.get_tensor(name)
+        except Exception as err:
+            raise self._unreadable(err) from None
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -130,14 +155,20 @@ class RunStore:
                 if old != path:
                     old.unlink()
 
-    def load_stage_state(self, stage: int) -> dict[str, torch.Tensor]:
+    def load_stage_state(self, stage: int) -> Mapping[str, torch.Tensor]:
+        """The stage's saved tensors, each read from disk when it is looked up: replaying a
+        full-model stage (full FT) on N ranks holds one tensor at a time per rank, not N copies
+        of the model."""
         path = self.stage_state_path(stage)
+
+        def unreadable(err):  # missing, truncated or not safetensors: resume cannot replay it
+            return GainbenchError(f"run folder {self.run_dir}: {path.name}, which replays finished "
+                                  f"stage {stage} on resume, cannot be read ({err}); the run cannot "
+                                  "continue from it: move the folder away to start the run over")
         try:
-            return load_file(path)
-        except Exception as err:  # missing, truncated or not safetensors: resume cannot replay it
-            raise GainbenchError(f"run folder {self.run_dir}: {path.name}, which replays finished "
-                                 f"stage {stage} on resume, cannot be read ({err}); the run cannot "
-                                 "continue from it: move the folder away to start the run over") from None
+            return _StageTensors(safe_open(path, "pt"), unreadable)
+        except Exception as err:
+            raise unreadable(err) from None
 
     def partial_stage_path(self, stage: int) -> Path:
         """In-stage checkpoint of a stage still training (gainbench.training.checkpoint)."""

@@ -201,24 +201,50 @@ def on_sharded_weights(model: nn.Module):
         yield
 
 
+class OffloadedShard:
+    """This rank's part of a sharded tensor, copied to the CPU (e.g. the base weights the
+    column-span diagnostic compares against), to be gathered whole later with :func:`whole`."""
+
+    def __init__(self, tensor: DTensor):
+        local = tensor.to_local().detach()
+        self.device = local.device
+        self.local = local.to("cpu", copy=True)
+        self.mesh, self.placements = tensor.device_mesh, tensor.placements
+        self.shape, self.stride = tensor.shape, tensor.stride()
+
+    def whole(self) -> torch.Tensor:
+        sharded = DTensor.from_local(self.local.to(self.device), self.mesh, self.placements,
+                                     shape=self.shape, stride=self.stride)
+        return sharded.full_tensor()
+
+
+def whole(tensor) -> torch.Tensor:
+    """``tensor`` whole: a sharded one (:class:`DTensor`, :class:`OffloadedShard`) gathered from
+    every rank (a collective: every rank calls it), a plain one as it is."""
+    if isinstance(tensor, OffloadedShard):
+        return tensor.whole()
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def gathered(tensors: dict, keep: bool = True) -> dict:
     """CPU copies of the tensors in ``tensors`` (other values as they are), each sharded one
     gathered whole first: every rank calls this, since gathering is a collective; ``keep=False``
     ranks drop each copy at once and get an empty dict, so only one rank ever holds them all."""
     out = {}
     for name, value in tensors.items():
-        if isinstance(value, DTensor):
-            value = value.full_tensor()
+        value = whole(value)
         if keep:
             out[name] = value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
     return out
 
 
 def shaped_like(saved: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``saved`` (a whole tensor) on ``like``'s device and dtype, and sharded as ``like`` is."""
+    """``saved`` (a whole tensor, the same on every rank) on ``like``'s device and dtype, and
+    sharded as ``like`` is: each rank keeps its own part, without communication."""
     if isinstance(like, DTensor):
         local = like.to_local()
-        return distribute_tensor(saved.to(local.device, local.dtype), like.device_mesh, like.placements)
+        return distribute_tensor(saved.to(local.device, local.dtype), like.device_mesh,
+                                 like.placements, src_data_rank=None)
     return saved.to(like.device, like.dtype)
 
 
