@@ -60,12 +60,14 @@ def run(cfg) -> Path:
         print_summary(store.rows(), [d.name for d in settings.domains])
         return store.run_dir
 
-    if settings.train.shard_weights:
-        _check_sharded_weights(settings, method)
-    ranks = distributed.init_ranks(settings.train.strategy)
-    if ranks.world_size > 1 and settings.analysis.any:
+    if settings.train.strategy != "single" and settings.analysis.any:
         raise GainbenchError("analysis=figures runs in one process; run it with "
                              "train.strategy=single (the perplexity rows are the same)")
+    if settings.train.shard_weights and not method.supports_sharded_weights:
+        raise GainbenchError(f"method '{settings.method_name}' needs whole weight matrices, which "
+                             "train.shard_weights=true never gathers; use train.shard_weights=false "
+                             "(the weights must then fit one device)")
+    ranks = distributed.init_ranks(settings.train.strategy)
     device = _device(settings.resolved_config.get("device", "auto"), ranks)
     model, tokenizer, domains = _setup_model_and_data(settings, device, ranks)
     # after every input check: bad input leaves no folder behind; only rank 0 writes
@@ -129,18 +131,6 @@ def _run_stages(settings, method, store, model, tokenizer, domains, device, rank
     return store.run_dir
 
 
-def _check_sharded_weights(settings: RunSettings, method: Method) -> None:
-    """What needs whole weight matrices, which train.shard_weights=true never gathers."""
-    never = "train.shard_weights=true never gathers"
-    if not method.supports_sharded_weights:
-        raise GainbenchError(f"method '{settings.method_name}' needs whole weight matrices, which "
-                             f"{never}; use train.shard_weights=false (the weights must then fit "
-                             "one device)")
-    if settings.analysis.any:
-        raise GainbenchError("analysis=figures runs in one process on whole weights; run it with "
-                             "train.strategy=single (the perplexity rows are the same)")
-
-
 @contextlib.contextmanager
 def _explain_out_of_memory(settings: RunSettings, stage: int):
     """Out of memory: name what was being run and the keys that shrink it (exit code 2)."""
@@ -153,11 +143,12 @@ def _explain_out_of_memory(settings: RunSettings, stage: int):
             f"(dtype {settings.model.dtype}), method '{settings.method_name}', "
             f"train.batch_size={train.batch_size} over train.grad_accum_steps={train.grad_accum_steps} "
             f"micro-batches, train.seq_len={settings.seq_len}, eval.batch_size="
-            f"{settings.eval_batch_size}, train.strategy={train.strategy} "
-            f"({first_line(err, 'out of memory')}); "
+            f"{settings.eval_batch_size}, train.strategy={train.strategy}, train.shard_weights="
+            f"{str(train.shard_weights).lower()} ({first_line(err, 'out of memory')}); "
             "raise train.grad_accum_steps, set train.activation_checkpointing=true or "
-            "train.precision=bf16, lower eval.batch_size, or use train.strategy=fsdp on more "
-            "devices (lowering train.batch_size or train.seq_len changes the experiment)") from None
+            "train.precision=bf16, lower eval.batch_size, or use train.strategy=fsdp (with "
+            "train.shard_weights=true if the weights alone fill a device) on more devices "
+            "(lowering train.batch_size or train.seq_len changes the experiment)") from None
 
 
 def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: int,
@@ -183,7 +174,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
                            desc=f"stage {stage}/{len(domains)} train {domain.name}",
                            checkpoint=checkpoint, ranks=ranks)
     method.after_training(adapted, blocks, settings.train.batch_size)
-    state = gathered(method.stage_state(adapted), keep=ranks.is_main)  # sharded: every rank gathers
+    if ranks.is_main or is_sharded(adapted):  # sharded tensors: every rank takes part in gathering
+        state = gathered(method.stage_state(adapted), keep=ranks.is_main)
     if ranks.is_main:
         store.save_stage_state(stage, state, keep_only_latest=method.state_is_full_model)
         if checkpoint:  # the stage's own state now covers it

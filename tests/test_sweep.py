@@ -89,7 +89,12 @@ def test_every_readme_cluster_command_composes_for_each_of_its_jobs(args):
     first_job = [a if "," not in a else a.split(",")[0] for a in args]  # one point of each sweep
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=first_job, return_hydra_config=True)
-    settings_from_config({k: v for k, v in cfg.items() if k != "hydra"})
+    settings = settings_from_config({k: v for k, v in cfg.items() if k != "hydra"})
+    if settings.train.shard_weights:  # every method of the sweep, not only its first job
+        from gainbench.methods import make_method
+
+        methods = next(a for a in args if a.startswith("method=")).split("=")[1].split(",")
+        assert all(make_method(m).supports_sharded_weights for m in methods)
     if "hydra/launcher=slurm" in args:
         launcher = cfg.hydra.launcher
         assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 5

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError
-from gainbench.training.parallel import shaped_like
+from gainbench.training.parallel import detached_copy, shaped_like
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -69,7 +69,8 @@ class Method:
         """Called once a stage's training ends, before its state is saved (e.g. EWC's Fisher)."""
 
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model).items()}
+        """Copies of the trained tensors (sharded ones left for the protocol to gather)."""
+        return {n: detached_copy(p) for n, p in self.trainable_parameters(model).items()}
 
     def replay(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
         """Re-apply a finished stage: attach, load its trained tensors, absorb."""

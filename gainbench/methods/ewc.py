@@ -17,7 +17,7 @@ import torch.nn as nn
 from gainbench.errors import GainbenchError
 from gainbench.methods.base import register
 from gainbench.methods.full_ft import FullFineTuning
-from gainbench.training.parallel import shaped_like
+from gainbench.training.parallel import detached_copy, shaped_like
 
 FISHER_PREFIX = "ewc.fisher."
 
@@ -63,7 +63,7 @@ class EWC(FullFineTuning):
 
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         state = super().stage_state(model)
-        state.update({FISHER_PREFIX + n: f.detach().cpu() for n, f in self.fisher.items()})
+        state.update({FISHER_PREFIX + n: detached_copy(f) for n, f in self.fisher.items()})
         return state
 
     def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -226,6 +226,12 @@ def whole(tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def detached_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a plain tensor; a sharded one detached where it is, since gathering it
+    whole is a collective on its device (the caller's, with :func:`gathered`)."""
+    return tensor.detach() if isinstance(tensor, DTensor) else tensor.detach().cpu().clone()
+
+
 def gathered(tensors: dict, keep: bool = True) -> dict:
     """CPU copies of the tensors in ``tensors`` (other values as they are), each sharded one
     gathered whole first: every rank calls this, since gathering is a collective; ``keep=False``
