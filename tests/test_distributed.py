@@ -196,6 +196,8 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
         _kill_launcher_and_ranks(proc)  # the launcher and both ranks, at once
     (meta,) = (tmp_path / "multi").glob("*/run.json")
     assert json.loads(meta.read_text())["finished_stages"] == [0, 1]
+    if strategy != "ddp":  # FSDP's shards were written by each rank, never gathered
+        assert list(meta.parent.glob("stages/partial_stage_2.shards-*/*.distcp"))
 
     if resumed_by == "single":
         with contextlib.redirect_stdout(io.StringIO()) as captured:
@@ -208,6 +210,7 @@ def test_two_ranks_killed_mid_stage_resume_from_the_in_stage_checkpoint(tmp_path
     assert single.index.equals(resumed.index)
     ppl = single.index.get_level_values("metric") == "ppl"
     assert ((resumed[ppl] - single[ppl]) / single[ppl]).abs().max() < PPL_TOLERANCE
+    assert not list(meta.parent.glob("stages/partial_*"))  # file and shard folders cleared
 
 
 def test_activation_checkpointing_recomputes_the_same_step(tmp_path):
