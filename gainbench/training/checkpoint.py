@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -131,7 +132,9 @@ class StageCheckpoint:
                 index, name = rest.split("/")
                 into[key] = torch.zeros_like(ordered[int(index)])
         try:
-            dcp.load(into, checkpoint_id=self.path.with_name(state["shards"]))
+            with warnings.catch_warnings():  # one process reading ranks' shards is intended
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single")
+                dcp.load(into, checkpoint_id=self.path.with_name(state["shards"]))
         except Exception as err:  # its folder is missing or damaged
             raise self._unreadable(err) from None
         for key, value in into.items():
