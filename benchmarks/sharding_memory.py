@@ -43,7 +43,8 @@ def worker(args) -> None:
 
     from gainbench.distributed import close, init_ranks
     from gainbench.training.loop import TrainSettings, _forward_backward
-    from gainbench.training.parallel import for_training, on_sharded_weights, shard_model
+    from gainbench.training.parallel import for_training
+    from gainbench.training.sharding import on_sharded_weights, shard_model
 
     sharded = args.strategy == "fsdp_sharded_weights"
     settings = TrainSettings(lr=1e-5, batch_size=args.batch_size, shard_weights=sharded,

@@ -42,8 +42,8 @@ from gainbench.results.wandb_mirror import WandbMirror
 from gainbench.settings import RunSettings, settings_from_config
 from gainbench.training.checkpoint import StageCheckpoint
 from gainbench.training.loop import train_stage
-from gainbench.training.parallel import (OffloadedShard, gathered, is_sharded, on_sharded_weights,
-                                         shard_model, whole)
+from gainbench.training.sharding import (OffloadedShard, gathered, is_sharded, on_sharded_weights,
+                                        shard_model, whole)
 
 
 def run(cfg) -> Path:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gainbench.distributed import Ranks
-from gainbench.training.parallel import is_sharded
+from gainbench.training.sharding import is_sharded
 
 
 @dataclass(frozen=True)

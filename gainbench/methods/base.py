@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError
-from gainbench.training.parallel import detached_copy, shaped_like
+from gainbench.training.sharding import detached_copy, shaped_like
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from gainbench.errors import GainbenchError
 from gainbench.methods.base import register
 from gainbench.methods.full_ft import FullFineTuning
-from gainbench.training.parallel import detached_copy, shaped_like
+from gainbench.training.sharding import detached_copy, shaped_like
 
 FISHER_PREFIX = "ewc.fisher."
 

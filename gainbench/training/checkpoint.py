@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor
 
 from gainbench.errors import GainbenchError, first_line
 from gainbench.results.store import atomic_write
-from gainbench.training.parallel import gathered, shaped_like
+from gainbench.training.sharding import gathered, shaped_like
 
 
 class StageCheckpoint:
