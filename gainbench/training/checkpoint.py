@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor
 
 from gainbench.errors import GainbenchError, first_line
@@ -135,7 +136,9 @@ class StageCheckpoint:
             with warnings.catch_warnings():  # one process reading ranks' shards is intended
                 warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single")
                 dcp.load(into, checkpoint_id=self.path.with_name(state["shards"]))
-        except Exception as err:  # its folder is missing or damaged
+        except CheckpointException as err:  # its folder is missing or damaged (a BaseException)
+            raise self._unreadable(next(iter(err.failures.values()), err)) from None
+        except Exception as err:
             raise self._unreadable(err) from None
         for key, value in into.items():
             kind, rest = key.split("/", 1)
