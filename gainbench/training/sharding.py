@@ -9,6 +9,7 @@ rank calls the same helpers in the same order, and only the rank that needs the 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn as nn
@@ -144,6 +145,10 @@ def shard_layers(model: nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
     layers = _decoder_layer_classes(model)
+    if not layers:
+        warnings.warn(f"{type(model).__name__} names no decoder-layer class (_no_split_modules): "
+                      "FSDP shards it as one unit, so each forward pass gathers every weight at "
+                      "once", stacklevel=2)
     for module in model.modules():
         if type(module).__name__ in layers:
             fully_shard(module)
