@@ -101,44 +101,43 @@ def test_checkpoint_settings_are_checked():
         StageCheckpoint("x.pt", every=0)
 
 
+def _train_toy_with_checkpoints(path, name="w"):
+    """Three steps of the toy stage, checkpointed to ``path`` after each but the last (a
+    checkpoint is left behind), its one tensor named ``name``; resumes from ``path`` if there."""
+    model = _Toy()
+    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
+    return train_stage(model, {name: model.w}, _blocks([5, 6, 7]), settings, seed=0,
+                       checkpoint=StageCheckpoint(path, every=1))
+
+
 @pytest.mark.parametrize("damage", [b"", b"not a checkpoint", "truncated"])
 def test_a_damaged_in_stage_checkpoint_is_a_clear_error_naming_the_file_and_the_fix(tmp_path, damage):
-    model, path = _Toy(), tmp_path / "partial_stage_2.pt"
-    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
-    train_stage(model, {"w": model.w}, _blocks([5, 6, 7]), settings, seed=0,
-                checkpoint=StageCheckpoint(path, every=1))
+    path = tmp_path / "partial_stage_2.pt"
+    _train_toy_with_checkpoints(path)
     path.write_bytes(path.read_bytes()[:40] if damage == "truncated" else damage)
     with pytest.raises(GainbenchError, match=r"partial_stage_2.pt cannot be read .*delete it to restart"):
-        train_stage(_Toy(), {"w": _Toy().w}, _blocks([5, 6, 7]), settings, seed=0,
-                    checkpoint=StageCheckpoint(path, every=1))
+        _train_toy_with_checkpoints(path)
 
 
 def test_a_checkpoint_whose_shard_folder_is_gone_is_a_clear_error(tmp_path):
     # what FSDP shards is written by every rank into a folder the file names; without it the
     # file alone cannot restore the stage
-    model, path = _Toy(), tmp_path / "partial_stage_2.pt"
-    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
-    train_stage(model, {"w": model.w}, _blocks([5, 6, 7]), settings, seed=0,
-                checkpoint=StageCheckpoint(path, every=1))
+    path = tmp_path / "partial_stage_2.pt"
+    _train_toy_with_checkpoints(path)
     state = torch.load(path, weights_only=True)
     del state["params"]["w"]
     state.update(shards="partial_stage_2.shards-000002", sharded_keys=["params/w"])
     torch.save(state, path)
     with pytest.raises(GainbenchError, match=r"partial_stage_2.pt cannot be read .*delete it to "
                                              r"restart .*partial_stage_2.shards-\* folders"):
-        train_stage(_Toy(), {"w": _Toy().w}, _blocks([5, 6, 7]), settings, seed=0,
-                    checkpoint=StageCheckpoint(path, every=1))
+        _train_toy_with_checkpoints(path)
 
 
 def test_a_checkpoint_of_other_tensors_is_refused(tmp_path):
-    model, path = _Toy(), tmp_path / "partial.pt"
-    settings = TrainSettings(lr=0.1, batch_size=1, schedule="constant")
-    train_stage(model, {"w": model.w}, _blocks([5, 6, 7]), settings, seed=0,
-                checkpoint=StageCheckpoint(path, every=1))
-    other = _Toy()
+    path = tmp_path / "partial.pt"
+    _train_toy_with_checkpoints(path)
     with pytest.raises(GainbenchError, match=r"does not match .*missing \['v'\]"):
-        train_stage(other, {"v": other.w}, _blocks([5, 6, 7]), settings, seed=0,
-                    checkpoint=StageCheckpoint(path, every=1))
+        _train_toy_with_checkpoints(path, name="v")
 
 
 @pytest.mark.slow
