@@ -9,14 +9,13 @@ training data: batch-level gradients, a cheap and common approximation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError
 from gainbench.methods.base import register
 from gainbench.methods.full_ft import FullFineTuning
+from gainbench.results.store import StageTensors
 from gainbench.training.sharding import detached_copy, shaped_like
 
 FISHER_PREFIX = "ewc.fisher."
@@ -68,7 +67,8 @@ class EWC(FullFineTuning):
 
     def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         # a view by name: the state's tensors are read one at a time (RunStore.load_stage_state)
-        weights = _Selected(state, [n for n in state if not n.startswith(FISHER_PREFIX)])
+        weights = StageTensors([n for n in state if not n.startswith(FISHER_PREFIX)],
+                               state.__getitem__)
         model = super().replay(model, weights)
         params = dict(model.named_parameters())
         # on the parameters' device, and sharded as they are (train.shard_weights)
@@ -76,21 +76,3 @@ class EWC(FullFineTuning):
                        for n in (k[len(FISHER_PREFIX):] for k in state if k.startswith(FISHER_PREFIX))}
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
         return model
-
-
-class _Selected(Mapping):
-    """``state`` restricted to ``names``, without reading any tensor."""
-
-    def __init__(self, state: Mapping, names: list[str]):
-        self._state, self._names = state, names
-
-    def __getitem__(self, name):
-        if name not in self._names:
-            raise KeyError(name)
-        return self._state[name]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)

@@ -45,21 +45,18 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-class _StageTensors(Mapping):
-    """A safetensors file's tensors by name, each read on lookup (the header is read at once)."""
+class StageTensors(Mapping):
+    """Tensors by name, each made by ``read(name)`` only when it is looked up: a stage file read
+    one tensor at a time (:meth:`RunStore.load_stage_state`), or a view of part of a stage's state."""
 
-    def __init__(self, file, unreadable):
-        self._file = file
-        self._names = list(file.keys())
-        self._unreadable = unreadable
+    def __init__(self, names, read):
+        self._names = dict.fromkeys(names)  # ordered, and a set for lookups
+        self._read = read
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._names:
             raise KeyError(name)
-        try:
-            return self._file.get_tensor(name)
-        except Exception as err:
-            raise self._unreadable(err) from None
+        return self._read(name)
 
     def __iter__(self):
         return iter(self._names)
@@ -166,9 +163,16 @@ class RunStore:
                                   f"stage {stage} on resume, cannot be read ({err}); the run cannot "
                                   "continue from it: move the folder away to start the run over")
         try:
-            return _StageTensors(safe_open(path, "pt"), unreadable)
+            file = safe_open(path, "pt")  # reads the header only
         except Exception as err:
             raise unreadable(err) from None
+
+        def read(name):
+            try:
+                return file.get_tensor(name)
+            except Exception as err:
+                raise unreadable(err) from None
+        return StageTensors(file.keys(), read)
 
     def partial_stage_path(self, stage: int) -> Path:
         """In-stage checkpoint of a stage still training (gainbench.training.checkpoint)."""
