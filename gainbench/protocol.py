@@ -321,12 +321,10 @@ def _column_span_rows(model, base_weights, ranks: distributed.Ranks):
     """How much of the cumulative update leaves the base weights' spans (DESIGN.md section 2)."""
     weights, layout = base_weights
     device = next(model.parameters()).device
-    if not is_sharded(model):
-        current = {name: effective_weight(model.get_submodule(name)) for name in weights}
-        # computed where the model is (the base copy waits on the CPU, one matrix moved at a time)
-        return diagnose(weights, current, layout, device=device)
     rows = []
-    with on_sharded_weights(model):  # every rank gathers each pair whole; rank 0 analyses it
+    # One matrix pair at a time, computed where the model is (the base copy waits on the CPU);
+    # on sharded weights every rank gathers each pair whole and rank 0 analyses it.
+    with on_sharded_weights(model):
         for name, base in weights.items():
             pair = whole(base), whole(effective_weight(model.get_submodule(name)))
             if ranks.is_main:
