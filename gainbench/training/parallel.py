@@ -41,13 +41,13 @@ class TrainedModule:
     model's own names); :meth:`finish` puts the trained values into the model's parameters."""
 
     def __init__(self, model: nn.Module, module: nn.Module, params: dict[str, nn.Parameter],
-                 finish: Callable[[], None] = lambda: None, sharded: bool = False,
+                 finish: Callable[[], None] = lambda: None, twin_shards: bool = False,
                  replicated: list[nn.Parameter] | None = None):
         self.model = model
         self.module = module
         self.params = params
         self.finish = finish
-        self.sharded = sharded  # params are a twin's shards (the penalty needs them gathered)
+        self.twin_shards = twin_shards  # params are fsdp's twin's shards (the penalty gathers them)
         # train.shard_weights: the model is FSDP's own, its weights whole only inside a forward
         # pass; the trainable tensors outside FSDP's reach have one copy per rank
         self.weights_sharded = replicated is not None
@@ -68,7 +68,7 @@ class TrainedModule:
         gradient reaches the shards."""
         if regularization is None:
             return None
-        if not self.sharded:
+        if not self.twin_shards:
             if self.weights_sharded:  # the root's weights stay whole after a forward pass
                 self.module.reshard()
             penalty = regularization()
@@ -130,7 +130,7 @@ def _fully_sharded(model: nn.Module, params: dict[str, nn.Parameter]) -> Trained
         for name, p in sharded.items():
             params[name].copy_(p.full_tensor())
 
-    return TrainedModule(model, twin, sharded, finish, sharded=True)
+    return TrainedModule(model, twin, sharded, finish, twin_shards=True)
 
 
 def activation_checkpointing(model: nn.Module, enabled: bool):
