@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from gainbench import distributed, provenance
-from gainbench.analysis.column_span import diagnose, snapshot_weights
-from gainbench.analysis.stage_analyses import StageAnalyses
+from gainbench.evaluation.analysis.column_span import diagnose, snapshot_weights
+from gainbench.evaluation.analysis.stage_analyses import StageAnalyses
 from gainbench.data.replay import mix_in_replay
 from gainbench.data.domains import DomainData, prepare_domain, read_documents, split_documents
 from gainbench.errors import GainbenchError, first_line

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from gainbench.analysis.stage_analyses import AnalysisSettings
 from gainbench.data.domains import DomainSpec
 from gainbench.errors import GainbenchError
 from gainbench.models import ModelSpec
@@ -32,6 +31,43 @@ NEUTRAL_TRAIN_VALUES = {"precision": "fp32", "nonfinite": "stop"}
 # `analysis=none` adds no rows and changes no number, so it is left out of the run id too; an
 # enabled analysis is part of it (a run with figures is a different run folder).
 NO_ANALYSIS = {"name": "none"}
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    per_token_domains: tuple[str, ...] = ()
+    per_token_stages: tuple[int, ...] = ()
+    interpolation_stages: tuple[int, ...] = ()
+    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    combination_stages: tuple[int, ...] = ()   # (A, B), B == A + 1
+    combination_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
+
+    def __post_init__(self):
+        if self.combination_stages:
+            a, b = (tuple(self.combination_stages) + (None, None))[:2]
+            if len(self.combination_stages) != 2 or a is None or b != a + 1 or a < 1:
+                raise GainbenchError(f"analysis.combination.stages must be two consecutive stages "
+                                     f">= 1, e.g. [1, 2]; got {list(self.combination_stages)}")
+
+    @property
+    def any(self) -> bool:
+        """Whether any analysis runs at some stage."""
+        return bool(self.per_token_stages or self.interpolation_stages or self.combination_stages)
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> "AnalysisSettings":
+        config = config or {}
+        per_token = config.get("per_token") or {}
+        interpolation = config.get("interpolation") or {}
+        combination = config.get("combination") or {}
+        return cls(
+            per_token_domains=tuple(per_token.get("domains") or ()),
+            per_token_stages=tuple(per_token.get("stages") or ()),
+            interpolation_stages=tuple(interpolation.get("stages") or ()),
+            alphas=tuple(interpolation.get("alphas") or cls.alphas),
+            combination_stages=tuple(combination.get("stages") or ()),
+            combination_grid=tuple(combination.get("grid") or cls.combination_grid),
+        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +91,7 @@ class LmEvalSettings:
 
 @dataclass(frozen=True)
 class DiagnosticSettings:
-    """The column-span diagnostic (gainbench.analysis.column_span) of the weights in ``targets``,
+    """The column-span diagnostic (gainbench.evaluation.analysis.column_span) of the weights in ``targets``,
     cumulative against the base model, after the last stage, every stage, or never."""
 
     targets: tuple[str, ...] = ("attn_out", "ffn_down")

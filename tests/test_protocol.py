@@ -41,7 +41,7 @@ def test_smoke_preset_runs_the_whole_protocol(tmp_path, capsys):
     assert set(diagnostic.metric) == {"span_residual_column", "span_residual_row", "intruder_dims",
                                       "update_rel_norm"}
     assert diagnostic.eval_name.nunique() == 2 * 7  # 2 layers x 7 linear modules of a Llama block
-    # output-side GAIN keeps each wrapped matrix's row span (gainbench.analysis.column_span)
+    # output-side GAIN keeps each wrapped matrix's row span (gainbench.evaluation.analysis.column_span)
     touched = diagnostic[diagnostic.eval_name.str.contains("o_proj|down_proj")]
     assert (touched[touched.metric == "span_residual_row"].value < 1e-6).all()
     assert (touched[touched.metric == "update_rel_norm"].value > 0).all()

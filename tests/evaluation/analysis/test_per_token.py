@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gainbench.analysis.per_token import (load_per_token, loss_change_rows, per_token_losses,
+from gainbench.evaluation.analysis.per_token import (load_per_token, loss_change_rows, per_token_losses,
                                           save_per_token)
 from gainbench.evaluation.perplexity import validation_nll
 from gainbench.methods.gain import absorb_gain, apply_gain, gain_modules

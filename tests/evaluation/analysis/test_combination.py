@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from gainbench.analysis.combination import (combine_gain_scales, combine_grid, gain_grid,
+from gainbench.evaluation.analysis.combination import (combine_gain_scales, combine_grid, gain_grid,
                                             scales_from_stage_state, task_vector)
-from gainbench.analysis.interpolation import snapshot
+from gainbench.evaluation.analysis.interpolation import snapshot
 from gainbench.evaluation.perplexity import validation_nll
 from gainbench.methods import make_method
 from gainbench.methods.gain import absorb_gain, apply_gain, gain_modules

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gainbench.analysis.interpolation import changed_tensors, interpolate, snapshot
+from gainbench.evaluation.analysis.interpolation import changed_tensors, interpolate, snapshot
 from gainbench.evaluation.perplexity import validation_nll
 from gainbench.methods.gain import absorb_gain, apply_gain, gain_modules
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
-from gainbench.analysis.interpolation import Evaluate, _check_same, live_tensors, work_dtype
+from gainbench.evaluation.analysis.interpolation import Evaluate, _check_same, live_tensors, work_dtype
 
 
 def task_vector(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gainbench.analysis.column_span import diagnose, intruder_dimensions, span_residual
+from gainbench.evaluation.analysis.column_span import diagnose, intruder_dimensions, span_residual
 
 TOL = 1e-5
 
@@ -103,7 +103,7 @@ def test_randomised_path_agrees_with_exact():
 @pytest.mark.parametrize("side", ["output", "input"])
 def test_absorbed_gain_on_tiny_model(tiny_model, side):
     """End to end: output-side GAIN leaves every row span exactly, input-side every column span."""
-    from gainbench.analysis.column_span import snapshot_weights
+    from gainbench.evaluation.analysis.column_span import snapshot_weights
     from gainbench.methods.gain import absorb_gain, apply_gain
 
     targets = ["attn_out", "ffn_down"]

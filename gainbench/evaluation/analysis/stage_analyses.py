@@ -19,52 +19,15 @@ from pathlib import Path
 
 import torch
 
-from gainbench.analysis.combination import combine_grid, gain_grid, scales_from_stage_state, task_vector
-from gainbench.analysis.interpolation import changed_tensors, interpolate, snapshot
-from gainbench.analysis.per_token import load_per_token, loss_change_rows, per_token_losses, save_per_token
+from gainbench.evaluation.analysis.combination import combine_grid, gain_grid, scales_from_stage_state, task_vector
+from gainbench.evaluation.analysis.interpolation import changed_tensors, interpolate, snapshot
+from gainbench.evaluation.analysis.per_token import load_per_token, loss_change_rows, per_token_losses, save_per_token
 from gainbench.errors import GainbenchError
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    per_token_domains: tuple[str, ...] = ()
-    per_token_stages: tuple[int, ...] = ()
-    interpolation_stages: tuple[int, ...] = ()
-    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    combination_stages: tuple[int, ...] = ()   # (A, B), B == A + 1
-    combination_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
-
-    def __post_init__(self):
-        if self.combination_stages:
-            a, b = (tuple(self.combination_stages) + (None, None))[:2]
-            if len(self.combination_stages) != 2 or a is None or b != a + 1 or a < 1:
-                raise GainbenchError(f"analysis.combination.stages must be two consecutive stages "
-                                     f">= 1, e.g. [1, 2]; got {list(self.combination_stages)}")
-
-    @property
-    def any(self) -> bool:
-        """Whether any analysis runs at some stage."""
-        return bool(self.per_token_stages or self.interpolation_stages or self.combination_stages)
-
-    @classmethod
-    def from_config(cls, config: dict | None) -> "AnalysisSettings":
-        config = config or {}
-        per_token = config.get("per_token") or {}
-        interpolation = config.get("interpolation") or {}
-        combination = config.get("combination") or {}
-        return cls(
-            per_token_domains=tuple(per_token.get("domains") or ()),
-            per_token_stages=tuple(per_token.get("stages") or ()),
-            interpolation_stages=tuple(interpolation.get("stages") or ()),
-            alphas=tuple(interpolation.get("alphas") or cls.alphas),
-            combination_stages=tuple(combination.get("stages") or ()),
-            combination_grid=tuple(combination.get("grid") or cls.combination_grid),
-        )
 
 
 @dataclass
 class StageAnalyses:
-    settings: AnalysisSettings
+    settings: object         # gainbench.settings.AnalysisSettings
     run_dir: Path
     domains: list            # DomainData, in sequence order
     evaluate: callable       # model -> perplexity rows on every domain
