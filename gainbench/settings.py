@@ -127,6 +127,10 @@ class RunSettings:
     diagnostics: DiagnosticSettings
     analysis: AnalysisSettings
     resolved_config: dict
+    # where results go and how they are shown (not part of the run id)
+    results_dir: str = "runs"
+    device: str = "auto"
+    logger: dict | None = None
 
 
 def to_container(cfg) -> dict:
@@ -237,4 +241,7 @@ def settings_from_config(cfg) -> RunSettings:
         ),
         analysis=AnalysisSettings.from_config(config.get("analysis")),
         resolved_config=config,
+        results_dir=str(config.get("results_dir", "runs")),
+        device=str(config.get("device", "auto")),
+        logger=config.get("logger") or None,
     )
