@@ -1,7 +1,11 @@
-"""Where gainbench keeps downloaded wheels, converted models and tokenised data."""
+"""Where gainbench finds its configs and keeps downloaded wheels, converted models and tokenised
+data."""
 
 import os
 from pathlib import Path
+
+# The Hydra configs of this checkout (the CLI composes them; the cloze task reads its sequences).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def cache_dir() -> Path:

@@ -26,6 +26,7 @@ import datasets
 from omegaconf import OmegaConf
 
 from gainbench.data.domains import DomainSpec, read_documents, split_documents
+from gainbench.paths import CONFIG_DIR  # the configs the runs use, so the two cannot drift
 
 SEED = "gb_cloze_embedded/v1"  # a constant: items do not depend on the run's seed
 N_CHOICES = 4
@@ -34,8 +35,6 @@ _WORD = re.compile(r"\S+")
 
 def sequence_domains(sequence: str = "embedded8") -> list[DomainSpec]:
     """The domains of ``configs/sequence/<sequence>.yaml``, as the protocol builds them."""
-    from gainbench.cli import CONFIG_DIR  # the configs the runs use, so the two cannot drift
-
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "sequence" / f"{sequence}.yaml"))
     return [DomainSpec(name=name, **cfg["domains"][name]) for name in cfg["order"]]
 
