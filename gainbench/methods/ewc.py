@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError
+from gainbench.files import StageTensors
 from gainbench.methods.base import register
 from gainbench.methods.full_ft import FullFineTuning
-from gainbench.results.store import StageTensors
 from gainbench.training.sharding import detached_copy, shaped_like
 
 FISHER_PREFIX = "ewc.fisher."

@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gainbench.errors import GainbenchError
+from gainbench.files import StageTensors, atomic_write
 
 ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_domain",
                "eval_kind", "eval_name", "metric", "value", "stderr", "n",
@@ -30,42 +30,8 @@ ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_
                "alpha", "a", "b"]
 
 
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed onto it:
-    a reader (or a job killed mid-write) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-class StageTensors(Mapping):
-    """Tensors by name, each made by ``read(name)`` only when it is looked up: a stage file read
-    one tensor at a time (:meth:`RunStore.load_stage_state`), or a view of part of a stage's state."""
-
-    def __init__(self, names, read):
-        self._names = dict.fromkeys(names)  # ordered, and a set for lookups
-        self._read = read
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._names:
-            raise KeyError(name)
-        return self._read(name)
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
 def write_json(path: Path, data: dict) -> None:
+    """``data`` as indented JSON, written atomically (run.json)."""
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=str)

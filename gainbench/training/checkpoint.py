@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor
 
 from gainbench.errors import GainbenchError, first_line
-from gainbench.results.store import atomic_write
+from gainbench.files import atomic_write
 from gainbench.training.sharding import gathered, shaped_like
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gainbench.evaluation.perplexity import token_nll
-from gainbench.results.store import atomic_write
+from gainbench.files import atomic_write
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
