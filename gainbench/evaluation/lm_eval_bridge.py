@@ -10,8 +10,10 @@ Traps handled here (DESIGN.md section 8):
 * Our tasks (``tasks/``) are indexed alone when they are all that is asked (about 4 s saved);
   a built-in lm-eval name such as ``boolq`` needs the full index, which includes ours.
 * Every ``simple_evaluate`` ends with ``add_env_info``, torch's ``collect_env`` (a ``pip list``
-  subprocess, ~1 s): it is computed once per process (``_env_info_once``). It was 69% of a smoke
-  run's time (benchmarks/protocol_profile.py: smoke run 2.4x faster); run.json has the versions.
+  subprocess, ~1 s): during our own call it is served from a once-per-process cache
+  (``_env_info_once``); other users of lm-eval in the process see the library unchanged. It was
+  69% of a smoke run's time (benchmarks/protocol_profile.py: smoke run 2.4x faster); run.json
+  has the versions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import math
 import random
 import re
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -112,12 +115,12 @@ def _configs_hash(configs: dict) -> str:
 _ENV_INFO: dict = {}
 
 
-def _env_info_once() -> None:
-    """Make lm-eval's per-call environment report a once-per-process one (same keys, values)."""
+@contextmanager
+def _env_info_once():
+    """While in this block, lm-eval's per-call environment report is a once-per-process one
+    (same keys, values); the library's own ``add_env_info`` is put back on the way out."""
     import lm_eval.evaluator as evaluator
 
-    if getattr(evaluator.add_env_info, "gainbench_cached", False):
-        return
     compute = evaluator.add_env_info
 
     def cached(results: dict) -> None:
@@ -125,8 +128,11 @@ def _env_info_once() -> None:
             compute(_ENV_INFO)
         results.update(_ENV_INFO)
 
-    cached.gainbench_cached = True
     evaluator.add_env_info = cached
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = compute
 
 
 def run_lm_eval(
@@ -153,7 +159,6 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
-    _env_info_once()
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise GainbenchError("no lm-eval tasks given; name at least one, e.g. gb_boolq_mini")
@@ -176,18 +181,19 @@ def run_lm_eval(
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         try:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                num_fewshot=num_fewshot,
-                limit=limit,
-                log_samples=False,
-                task_manager=manager,
-                random_seed=seed,
-                numpy_random_seed=seed,
-                torch_random_seed=seed,
-                fewshot_random_seed=seed,
-            )
+            with _env_info_once():
+                results = lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=tasks,
+                    num_fewshot=num_fewshot,
+                    limit=limit,
+                    log_samples=False,
+                    task_manager=manager,
+                    random_seed=seed,
+                    numpy_random_seed=seed,
+                    torch_random_seed=seed,
+                    fewshot_random_seed=seed,
+                )
         except OSError as err:  # ConnectionError and hub/offline errors are OSErrors
             if local_only:
                 raise  # our tasks read a file shipped next to their YAML: a real bug

@@ -92,6 +92,31 @@ def test_rows_and_provenance(tiny_model, tiny_tokenizer, no_network):
     assert prov["lm_eval_version"] and len(prov["configs_hash"]) == 16
 
 
+def test_env_info_is_cached_only_inside_our_call(tiny_model, tiny_tokenizer, monkeypatch):
+    """lm-eval's add_env_info (a ~1 s ``pip list``) runs once per process inside our calls, and
+    the library's own function is back in place once each call returns."""
+    import lm_eval.evaluator as evaluator
+    from lm_eval.loggers.utils import add_env_info
+
+    from gainbench.evaluation import lm_eval_bridge
+
+    run_lm_eval(tiny_model, tiny_tokenizer, ["gb_boolq_mini"], limit=2)
+    assert evaluator.add_env_info is add_env_info  # other lm-eval users see the library as is
+
+    calls = []
+
+    def counting_env_info(results):
+        calls.append(1)
+        results["pretty_env_info"] = "env"
+
+    monkeypatch.setattr(evaluator, "add_env_info", counting_env_info)
+    monkeypatch.setattr(lm_eval_bridge, "_ENV_INFO", {})  # as in a fresh process
+    for _ in range(2):
+        run_lm_eval(tiny_model, tiny_tokenizer, ["gb_boolq_mini"], limit=2)
+        assert evaluator.add_env_info is counting_env_info
+    assert len(calls) == 1
+
+
 def test_eval_mode_and_rng_are_restored(tiny_model, tiny_tokenizer):
     tiny_model.eval()
     torch.manual_seed(123)
