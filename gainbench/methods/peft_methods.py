@@ -6,11 +6,19 @@ import warnings
 
 import torch.nn as nn
 
-# PEFT calls a transformers property that transformers 5 deprecates; the noise hides real warnings.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
 from gainbench.methods.base import Method, register
 from gainbench.models.architectures import ROLE_SUFFIXES
+
+
+def _get_peft_model(model: nn.Module, config) -> nn.Module:
+    from peft import get_peft_model
+
+    # PeftModel's constructor reads a transformers property that transformers 5 deprecates
+    # (is_gradient_checkpointing); the noise would hide real warnings. Silenced here only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _module_suffixes(model: nn.Module, targets):
@@ -44,14 +52,14 @@ class LoRA(_PeftMethod):
         self.targets = list(targets) if targets is not None else None
 
     def attach(self, model: nn.Module) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         config = LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
             target_modules=_module_suffixes(model, self.targets),
             fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM", use_dora=self.use_dora,
         )
-        return get_peft_model(model, config)
+        return _get_peft_model(model, config)
 
 
 @register("ia3")
@@ -72,12 +80,12 @@ class IA3(_PeftMethod):
         self.targets = list(targets) if targets is not None else None
 
     def attach(self, model: nn.Module) -> nn.Module:
-        from peft import IA3Config, get_peft_model
+        from peft import IA3Config
 
         suffixes = _module_suffixes(model, self.targets)
         explicit = {} if suffixes is None else {"target_modules": suffixes, "feedforward_modules": []}
         config = IA3Config(**explicit, fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM")
-        return get_peft_model(model, config)
+        return _get_peft_model(model, config)
 
 
 @register("ia3_peft")
