@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gainbench.results.tables import TABLES, build_tables, render
+from gainbench.results.render import render
+from gainbench.results.tables import TABLES, build_tables
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gainbench.results.runs import Run
-from gainbench.results.tables import run_metrics
+from gainbench.results.run_metrics import run_metrics
 
 REFERENCES = ("vs base", "vs just-trained")
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from gainbench import metrics
+from gainbench.results.run_metrics import diagnostic_summary
 
 
 def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
@@ -48,8 +49,6 @@ def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
 
 
 def _diagnostic_lines(rows: pd.DataFrame) -> list[str]:
-    from gainbench.results.tables import diagnostic_summary
-
     summary = diagnostic_summary(rows)
     if not summary:
         return []

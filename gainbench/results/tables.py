@@ -2,9 +2,11 @@
 
 Every table is one entry of ``TABLES``: a title, a note that says how to read it, and a
 function from the loaded runs to one or more numeric DataFrames. Adding a table is adding an
-entry. Numbers stay numeric here (the golden tests compare them exactly); ``render`` turns them
-into Markdown or LaTeX, printing ``mean ± half-width`` where seeds give an interval and ``-``
-for a cell no run could fill (never 0).
+entry. Numbers stay numeric here (the golden tests compare them exactly);
+``gainbench.results.render`` turns them into Markdown or LaTeX, printing ``mean ± half-width``
+where seeds give an interval and ``-`` for a cell no run could fill (never 0). One run's numbers
+come from ``gainbench.results.run_metrics``; the matched comparison from
+``gainbench.results.fronts``.
 """
 
 from __future__ import annotations
@@ -16,44 +18,11 @@ import numpy as np
 import pandas as pd
 
 from gainbench import metrics
+from gainbench.results.fronts import matched_comparison
+from gainbench.results.run_metrics import diagnostic_summary, downstream_changes, run_metrics
 from gainbench.results.runs import Run, load_runs
 
-# Scalar metrics of one complete run, from its loss matrix (formulas: gainbench.metrics).
-RUN_METRICS: dict[str, Callable[[np.ndarray], float]] = {
-    "in-domain dPPL%": lambda L: metrics.in_domain_change(L).mean(),
-    "earlier dPPL% vs base": lambda L: metrics.earlier_domain_change_vs_base(L).mean(),
-    "earlier dPPL% vs just-trained": lambda L: metrics.earlier_domain_change_vs_trained(L).mean(),
-    "BWT (nats)": metrics.backward_transfer,
-    "FWT (nats)": metrics.forward_transfer,
-    "forgetting (nats)": metrics.forgetting,
-    "final PPL (geo-mean)": metrics.final_ppl_geomean,
-}
 CI = " ±"  # suffix of a column holding the 95% half-width of the column it follows
-
-
-def run_metrics(run: Run) -> dict[str, float]:
-    """``RUN_METRICS`` of one run; NaN for every metric when the run has not finished."""
-    if not run.complete:
-        return {name: np.nan for name in RUN_METRICS}
-    L = run.loss_matrix.values
-    return {name: float(fn(L)) for name, fn in RUN_METRICS.items()}
-
-
-def downstream_changes(run: Run) -> pd.DataFrame:
-    """Per lm-eval task and metric: accuracy change (points) from stage 0 to the run's last
-    stage and its standard error (points); empty if lm-eval did not run at both."""
-    scores = run.rows[run.rows["eval_kind"] == "lm_eval"]
-    last = len(run.domains)
-    out = []
-    for (task, metric), task_rows in scores.groupby(["eval_name", "metric"]):
-        by_stage = task_rows.set_index("stage")
-        if 0 not in by_stage.index or last not in by_stage.index:
-            continue
-        change, se = metrics.downstream_change(by_stage.at[0, "value"], by_stage.at[last, "value"],
-                                               by_stage.at[0, "stderr"], by_stage.at[last, "stderr"])
-        out.append({"task": task, "metric": metric, "base": 100 * by_stage.at[0, "value"],
-                    "change (pts)": 100 * change, "stderr (pts)": 100 * se})
-    return pd.DataFrame(out, columns=["task", "metric", "base", "change (pts)", "stderr (pts)"])
 
 
 def _index(runs: list[Run]) -> list[str]:
@@ -141,8 +110,6 @@ def runs_table(runs):
 
 def matched_table(runs, at=None):
     """At the middle of each pair's common gain range, or at each in-domain gain of ``at``."""
-    from gainbench.results.fronts import matched_comparison
-
     tables = [matched_comparison(runs, at=g) for g in (at or [None])]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if table.empty:
@@ -229,25 +196,6 @@ def run_summary(run: Run) -> dict:
     return line
 
 
-def diagnostic_summary(rows: pd.DataFrame) -> dict:
-    """Column-span diagnostic at its last stage, over the matrices the run changed ({} if none).
-
-    Means over changed matrices of the span residuals and of the update's relative size; the
-    intruder dimensions summed."""
-    diagnostic = rows[rows["eval_kind"] == "diagnostic"]
-    if diagnostic.empty:
-        return {}
-    stage = int(diagnostic["stage"].max())
-    table = diagnostic[diagnostic["stage"] == stage].pivot_table(
-        index="eval_name", columns="metric", values="value")
-    changed = table[table["update_rel_norm"] > 0]
-    return {"stage": stage, "matrices measured": len(table), "matrices changed": len(changed),
-            "update size": changed["update_rel_norm"].mean(),
-            "update energy outside col(W)": changed["span_residual_column"].mean(),
-            "outside row(W)": changed["span_residual_row"].mean(),
-            "intruder dims": changed["intruder_dims"].sum()}
-
-
 def comparison_table(paths=None, runs=None) -> pd.DataFrame:
     """One line per run (``run_summary``) of the runs under ``paths`` (or of ``runs``)."""
     runs = load_runs(paths) if runs is None else runs
@@ -255,54 +203,3 @@ def comparison_table(paths=None, runs=None) -> pd.DataFrame:
     table = table.sort_values(["model", "method", "seed"]).reset_index(drop=True)
     last = ["wall time (s)", "run"]
     return table[[c for c in table.columns if c not in last] + last]
-
-
-# --- rendering -------------------------------------------------------------------------------
-
-def _merge_intervals(table: pd.DataFrame, precision: int) -> pd.DataFrame:
-    """Numbers to text: ``x ± h`` where a ``<col> ±`` column holds h, ``-`` where missing.
-    Columns in nats get two more decimals (their values are a hundred times smaller)."""
-    def fmt(value, precision):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return "-"
-        if isinstance(value, (float, np.floating)):
-            return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.{precision}f}"
-        if isinstance(value, (int, np.integer)):
-            return f"{value:,}"
-        return str(value)
-
-    out = pd.DataFrame(index=table.index)
-    for col in table.columns:
-        if str(col).endswith(CI):
-            continue
-        digits = precision + 2 if "nats" in str(col) else precision
-        text = table[col].map(lambda v: fmt(v, digits))
-        if f"{col}{CI}" in table.columns:
-            half = table[f"{col}{CI}"]
-            text = [t if t == "-" or pd.isna(h) else f"{t} ± {h:.{digits}f}"
-                    for t, h in zip(text, half)]
-        out[col] = text
-    return out
-
-
-def render(name: str, tables: list[tuple[str, pd.DataFrame]], fmt: str = "md",
-           precision: int = 2) -> str:
-    spec = TABLES[name]
-    parts = []
-    for caption, table in tables:
-        title = f"{spec.title}{f' ({caption})' if caption else ''}"
-        text = _merge_intervals(table, precision)
-        if not isinstance(table.index, pd.RangeIndex):   # index levels become leading columns
-            text, table = text.reset_index(), table.reset_index()
-        numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in text.columns]
-        if fmt == "md":
-            parts.append(f"### {title}\n\n{spec.note}.\n\n" + text.to_markdown(
-                index=False, disable_numparse=True,
-                colalign=["right" if n else "left" for n in numeric]) + "\n")
-        elif fmt == "latex":
-            styler = (text.style.hide(axis="index").format(escape="latex")
-                      .format_index(escape="latex", axis=1))
-            parts.append(styler.to_latex(caption=f"{title}: {spec.note}.", hrules=True))
-        else:
-            raise ValueError(f"unknown format {fmt!r} (md or latex)")
-    return "\n".join(parts)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gainbench.results.runs import load_runs
-from gainbench.results.tables import TABLES, build_tables, render
+from gainbench.results.render import render
+from gainbench.results.tables import TABLES, build_tables
 
 GOLDEN = Path(__file__).parent / "golden" / "runs"
 T95_1DF = 12.706204736174698  # Student t, 97.5% quantile, 1 degree of freedom
