@@ -18,8 +18,8 @@ the phases called inside it, and the phases plus ``other`` add up to the total:
     attach         method.attach (fresh adapter / s = 1)
     train          protocol.train_stage
     absorb         method.absorb (fold s into W / merge LoRA)
-    PPL eval       protocol._evaluate_perplexity (every domain, every stage)
-    lm-eval        protocol._evaluate_lm_eval (lm-eval's import and task set-up on first use included)
+    PPL eval       the Perplexity evaluator (every domain, every stage)
+    lm-eval        the LmEval evaluator (lm-eval's import and task set-up on first use included)
     diagnostics    the column-span diagnostic (base-weight snapshot and the last stage's analysis)
     write          RunStore.finish_stage / save_stage_state and method.stage_state
     provenance     protocol._initial_meta (git state, package versions)
@@ -114,6 +114,7 @@ def patched(owner, name: str, replacement):
 def profiled_run(cfg) -> dict:
     """Run the protocol once with timers around its steps; returns seconds per phase and total."""
     from gainbench import protocol
+    from gainbench.evaluation.evaluators import ColumnSpan, LmEval, Perplexity
     from gainbench.results.store import RunStore
 
     clock = PhaseClock()
@@ -128,9 +129,10 @@ def profiled_run(cfg) -> dict:
     patches = [(protocol, "make_method", make_method)]
     patches += [(protocol, fn, clock.wrap(phase, getattr(protocol, fn))) for fn, phase in (
         ("load_model", "load model"), ("read_documents", "read data"), ("prepare_domain", "tokenise"),
-        ("train_stage", "train"), ("_evaluate_perplexity", "PPL eval"), ("_evaluate_lm_eval", "lm-eval"),
-        ("snapshot_weights", "diagnostics"), ("_column_span_rows", "diagnostics"),
-        ("_initial_meta", "provenance"), ("print_summary", "summary"))]
+        ("train_stage", "train"), ("_initial_meta", "provenance"), ("print_summary", "summary"))]
+    patches += [(evaluator, fn, clock.wrap(phase, getattr(evaluator, fn))) for evaluator, fn, phase in (
+        (Perplexity, "__call__", "PPL eval"), (LmEval, "__call__", "lm-eval"),
+        (ColumnSpan, "__init__", "diagnostics"), (ColumnSpan, "__call__", "diagnostics"))]
     patches += [(RunStore, fn, clock.wrap(phase, getattr(RunStore, fn))) for fn, phase in (
         ("finish_stage", "write"), ("save_stage_state", "write"), ("rows", "summary"))]
     with contextlib.ExitStack() as stack:

@@ -29,37 +29,13 @@ from gainbench.errors import GainbenchError, first_line
 
 
 def load_tokenizer(settings, documents: dict):
-    """The tokenizer the protocol's ``load_model`` would give, without loading the model.
+    """The tokenizer the protocol's ``load_model`` would give, without loading the model (a tiny
+    model's BPE is fitted to the same training text, so both reach the same cache entries)."""
+    from gainbench.data.domains import tokenizer_training_texts
+    from gainbench.models.loading import load_tokenizer as load_model_tokenizer
 
-    Tiny models fit their BPE to the first 200 training documents of every domain, as
-    ``gainbench.protocol._setup_model_and_data`` does (so both reach the same cache entries).
-    """
-    spec = settings.model
-    if spec.source == "tiny":
-        from gainbench.data.domains import split_documents
-        from gainbench.models.tiny import train_byte_bpe
-
-        def texts():
-            for domain in settings.domains:
-                train_docs, _ = split_documents(documents[domain.name], domain.validation_percent)
-                yield from (d.text for d in train_docs[:200])
-
-        tokenizer = train_byte_bpe(texts(), spec.tokenizer_vocab_size)
-    else:
-        from transformers import AutoTokenizer
-
-        if spec.source == "embedded_smollm2":
-            from gainbench.models.embedded import smollm2_folder
-
-            path = str(smollm2_folder())
-        else:
-            path = spec.name_or_path
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    if tokenizer.pad_token is None:  # as load_model does
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
-        raise GainbenchError(f"model '{spec.name}': its tokenizer has no EOS token")
-    return tokenizer
+    return load_model_tokenizer(settings.model, lambda: tokenizer_training_texts(
+        settings.domains, lambda spec: documents[spec.name]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,21 @@ def split_documents(docs: list[Document], validation_percent: float
     val = [d for d in ordered if _unit_interval(d.doc_id) < cut]
     train = [d for d in ordered if _unit_interval(d.doc_id) >= cut]
     return train, val
+
+
+# A tiny model's BPE is fitted to this many training documents of each domain (never to
+# validation text); the protocol and scripts/prepare_data.py both use tokenizer_training_texts,
+# so they reach the same token-cache entries.
+TOKENIZER_DOCUMENTS = 200
+
+
+def tokenizer_training_texts(specs, documents_of) -> Iterator[str]:
+    """The text a tokenizer fitted on the fly learns from: the first
+    :data:`TOKENIZER_DOCUMENTS` training documents of each domain in ``specs``, in order.
+    ``documents_of(spec)`` returns the domain's documents."""
+    for spec in specs:
+        train_docs, _ = split_documents(documents_of(spec), spec.validation_percent)
+        yield from (d.text for d in train_docs[:TOKENIZER_DOCUMENTS])
 
 
 def pack_documents(docs: list[Document], tokenizer, block_len: int, max_tokens: int,

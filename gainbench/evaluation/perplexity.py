@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gainbench.distributed import Ranks
-from gainbench.training.sharding import is_sharded
+from gainbench.placement import SINGLE_PROCESS, Placement
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _pooled(score_batch, n_batches: int, ranks: Ranks, lockstep: bool = False) -
 # later passes, and buffers made in inference mode could not be written by training after it.
 @torch.no_grad()
 def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 8,
-                   ranks: Ranks = Ranks()) -> PooledNLL:
+                   placement: Placement = SINGLE_PROCESS) -> PooledNLL:
     """Pooled NLL of ``blocks`` (``[n, block_len]`` token ids), each block scored on its own."""
     was_training = model.training
     model.eval()
@@ -87,7 +87,8 @@ def validation_nll(model, blocks: torch.Tensor, n_bytes: int, batch_size: int = 
         # summed in float64: the total must not depend on batching
         return float(token_nll(model, batch).double().sum()), batch.size(0) * (batch.size(1) - 1)
 
-    total, n_scored = _pooled(score, math.ceil(len(blocks) / batch_size), ranks, is_sharded(model))
+    total, n_scored = _pooled(score, math.ceil(len(blocks) / batch_size), placement.ranks,
+                              placement.lockstep(model))
     model.train(was_training)
     return PooledNLL(total, n_scored, n_bytes)
 
@@ -109,7 +110,7 @@ def _windows(n: int, context: int, stride: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()  # not inference_mode: see validation_nll
 def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride: int,
-                batch_size: int = 8, ranks: Ranks = Ranks()) -> PooledNLL:
+                batch_size: int = 8, placement: Placement = SINGLE_PROCESS) -> PooledNLL:
     """Pooled NLL of a 1-D token stream with a sliding window (the HF "perplexity of
     fixed-length models" recipe).
 
@@ -142,6 +143,7 @@ def strided_nll(model, tokens: torch.Tensor, n_bytes: int, context: int, stride:
         # Summed in float64 per window batch, so batching changes only rounding in the last digits.
         return float(nll.double()[keep].sum()), int(keep.sum())
 
-    total, n_scored = _pooled(score, math.ceil(len(windows) / batch_size), ranks, is_sharded(model))
+    total, n_scored = _pooled(score, math.ceil(len(windows) / batch_size), placement.ranks,
+                              placement.lockstep(model))
     model.train(was_training)
     return PooledNLL(total, n_scored, n_bytes)

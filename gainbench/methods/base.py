@@ -3,12 +3,16 @@
 A method knows nothing of stages or sequences. Per stage the protocol calls::
 
     trainable = method.attach(model)         # fresh adapter / fresh s = 1; returns the model to train
+    blocks = method.training_blocks(own, earlier, seed)     # what it trains on (e.g. replay)
     ...train method.trainable_parameters(trainable), adding method.regularization(trainable)...
     method.after_training(trainable, blocks, batch_size)   # e.g. EWC's Fisher
     state = method.stage_state(trainable)    # small tensors that reproduce this stage (for resume)
     model = method.absorb(trainable)         # plain HF model again, same names and count
 
-and on resume, ``method.replay(model, state)`` re-applies a finished stage exactly.
+and on resume, ``method.replay(model, state, placement)`` re-applies a finished stage exactly.
+The evaluators ask a method two more things: :meth:`effective_weight` (the weight a linear module
+computes with, for the column-span diagnostic) and :attr:`update_composition` (how two stages'
+updates combine in the figure analyses).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError
-from gainbench.training.sharding import detached_copy, shaped_like
+from gainbench.placement import SINGLE_PROCESS, Placement
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -51,6 +55,9 @@ class Method:
     state_is_full_model: ClassVar[bool] = False
     # False when attaching needs the whole weights at once (train.shard_weights refuses it).
     supports_sharded_weights: ClassVar[bool] = True
+    # How two stages' updates combine in the figure analyses: "additive" (W0 + a dW_A + b dW_B)
+    # or "multiplicative" (diag(s_A^a s_B^b) W0, from the stages' saved scales).
+    update_composition: ClassVar[str] = "additive"
 
     def attach(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -65,14 +72,27 @@ class Method:
         """A penalty added to this step's training loss (e.g. pulling GAIN scales to 1), or None."""
         return None
 
+    def training_blocks(self, blocks: torch.Tensor, earlier: list[torch.Tensor],
+                        seed: int) -> torch.Tensor:
+        """The blocks a stage trains on, given its own domain's ``blocks`` and the earlier
+        domains' training blocks (``earlier``, oldest first): its own, unless the method mixes
+        in other text (replay)."""
+        return blocks
+
     def after_training(self, model: nn.Module, blocks: torch.Tensor, batch_size: int) -> None:
         """Called once a stage's training ends, before its state is saved (e.g. EWC's Fisher)."""
 
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Copies of the trained tensors (sharded ones left for the protocol to gather)."""
-        return {n: detached_copy(p) for n, p in self.trainable_parameters(model).items()}
+        """The trained tensors, detached (the protocol copies them off the device at once,
+        gathering sharded ones, before anything changes them)."""
+        return {n: p.detach() for n, p in self.trainable_parameters(model).items()}
 
-    def replay(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    def effective_weight(self, module: nn.Module) -> torch.Tensor:
+        """The weight ``module`` (a linear layer of the model) computes with, detached."""
+        return module.weight.detach()
+
+    def replay(self, model: nn.Module, state: Mapping[str, torch.Tensor],
+               placement: Placement = SINGLE_PROCESS) -> nn.Module:
         """Re-apply a finished stage: attach, load its trained tensors, absorb."""
         attached = self.attach(model)
         params = self.trainable_parameters(attached)
@@ -83,7 +103,7 @@ class Method:
                                  "to start over")
         with torch.no_grad():
             for name, param in params.items():  # one tensor read at a time
-                param.copy_(shaped_like(state[name], param))
+                param.copy_(placement.shaped_like(state[name], param))
         return self.absorb(attached)
 
 

@@ -16,7 +16,7 @@ from gainbench.errors import GainbenchError
 from gainbench.files import StageTensors
 from gainbench.methods.base import register
 from gainbench.methods.full_ft import FullFineTuning
-from gainbench.training.sharding import detached_copy, shaped_like
+from gainbench.placement import SINGLE_PROCESS, Placement
 
 FISHER_PREFIX = "ewc.fisher."
 
@@ -62,17 +62,18 @@ class EWC(FullFineTuning):
 
     def stage_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         state = super().stage_state(model)
-        state.update({FISHER_PREFIX + n: detached_copy(f) for n, f in self.fisher.items()})
+        state.update({FISHER_PREFIX + n: f.detach() for n, f in self.fisher.items()})
         return state
 
-    def replay(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    def replay(self, model: nn.Module, state: dict[str, torch.Tensor],
+               placement: Placement = SINGLE_PROCESS) -> nn.Module:
         # a view by name: the state's tensors are read one at a time (RunStore.load_stage_state)
         weights = StageTensors([n for n in state if not n.startswith(FISHER_PREFIX)],
                                state.__getitem__)
-        model = super().replay(model, weights)
+        model = super().replay(model, weights, placement)
         params = dict(model.named_parameters())
         # on the parameters' device, and sharded as they are (train.shard_weights)
-        self.fisher = {n: shaped_like(state[FISHER_PREFIX + n], params[n])
+        self.fisher = {n: placement.shaped_like(state[FISHER_PREFIX + n], params[n])
                        for n in (k[len(FISHER_PREFIX):] for k in state if k.startswith(FISHER_PREFIX))}
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
         return model

@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from gainbench.errors import GainbenchError
 from gainbench.methods.base import Method, register
-from gainbench.methods.gain import PARAMETRIZATIONS, SIDES, absorb_gain, apply_gain, gain_modules
+from gainbench.methods.gain import (PARAMETRIZATIONS, SIDES, absorb_gain, apply_gain, effective_weight,
+                                    gain_modules)
 
 
 @register("gain")
@@ -35,6 +36,10 @@ class Gain(Method):
         self.targets = [targets] if isinstance(targets, str) else list(targets)
         self.absorb_each_stage = bool(absorb_each_stage)
         self.state_is_full_model = not self.absorb_each_stage  # the latest scales hold every stage
+        # Each stage's scales multiply the weights: "a times stage A" is diag(s_A ** a) W. Kept
+        # across stages, the saved scales hold every stage at once, and updates are compared as
+        # weight differences like any other method's.
+        self.update_composition = "multiplicative" if self.absorb_each_stage else "additive"
         self.side = dict(side) if isinstance(side, dict) else side
         self.parametrization = parametrization
         self.decay_to_one = decay_to_one
@@ -72,6 +77,9 @@ class Gain(Method):
         for p in model.parameters():
             p.requires_grad_(True)  # leave the model as loaded: plain, nothing frozen
         return model
+
+    def effective_weight(self, module: nn.Module) -> torch.Tensor:
+        return effective_weight(module)  # the scale folded in, while the model is still wrapped
 
     def trainable_parameters(self, model):
         # Keys "<module>.scale" (plain) or "<module>.log_scale" (exp): a stage saved under one

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from gainbench.data.replay import mix_in_replay
 from gainbench.errors import GainbenchError
 from gainbench.methods.base import register
 from gainbench.methods.peft_methods import LoRA
@@ -51,11 +52,17 @@ class LoRAL2(LoRA):
 @register("replay_lora")
 class ReplayLoRA(LoRA):
     """LoRA trained on a mix: ``replay_fraction`` of each stage's blocks are drawn from the
-    earlier domains' training blocks (the protocol does the mixing; the token budget stays the
-    same, so compute matches the other methods)."""
+    earlier domains' training blocks (the token budget stays the same, so compute matches the
+    other methods)."""
 
     def __init__(self, replay_fraction: float = 0.25, **lora_options):
         super().__init__(**lora_options)
         if not 0 <= replay_fraction < 1:
             raise GainbenchError(f"method.options.replay_fraction must be in [0, 1), got {replay_fraction}")
         self.replay_fraction = float(replay_fraction)
+
+    def training_blocks(self, blocks: torch.Tensor, earlier: list[torch.Tensor],
+                        seed: int) -> torch.Tensor:
+        if not self.replay_fraction:
+            return blocks
+        return mix_in_replay(blocks, earlier, self.replay_fraction, seed=seed)

@@ -3,6 +3,7 @@ SmolLM2, or a tiny random-init model."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,41 +54,65 @@ def load_model(spec: ModelSpec, device: torch.device,
 
     ``tokenizer_texts`` is only called for tiny models, whose tokenizer is trained on the fly.
     """
+    tokenizer = load_tokenizer(spec, tokenizer_texts)
     if spec.source == "tiny":
-        from gainbench.models.tiny import build_tiny_model, train_byte_bpe
+        from gainbench.models.tiny import build_tiny_model
 
-        tokenizer = train_byte_bpe(tokenizer_texts(), spec.tokenizer_vocab_size)
         model = build_tiny_model(spec.architecture, tokenizer, spec.init_seed)
     else:
-        if spec.source == "embedded_smollm2":
-            from gainbench.models.embedded import smollm2_folder
+        model = _from_pretrained(spec, _checkpoint_path(spec))
+    return model.to(device=device, dtype=DTYPES[spec.dtype]), tokenizer
 
-            path = str(smollm2_folder())
-        else:
-            path = spec.name_or_path
-        model, tokenizer = _from_pretrained(spec, path)
+
+def load_tokenizer(spec: ModelSpec, tokenizer_texts: Callable[[], Iterable[str]]):
+    """The model's tokenizer alone (a 7B checkpoint's weights are not read): a byte-level BPE
+    fitted to ``tokenizer_texts()`` for a tiny model, else the checkpoint's own. A missing pad
+    token is set to EOS; a tokenizer without EOS, which separates packed documents, is refused."""
+    if spec.source == "tiny":
+        from gainbench.models.tiny import train_byte_bpe
+
+        tokenizer = train_byte_bpe(tokenizer_texts(), spec.tokenizer_vocab_size)
+    else:
+        from transformers import AutoTokenizer
+
+        path = _checkpoint_path(spec)
+        with _explained_load_failure(spec, path):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise GainbenchError(f"model '{spec.name}': its tokenizer has no EOS token, which "
                              "separates packed documents; pick a tokenizer that has one")
-    return model.to(device=device, dtype=DTYPES[spec.dtype]), tokenizer
+    return tokenizer
+
+
+def _checkpoint_path(spec: ModelSpec) -> str:
+    if spec.source == "embedded_smollm2":
+        from gainbench.models.embedded import smollm2_folder
+
+        return str(smollm2_folder())
+    return spec.name_or_path
 
 
 def _from_pretrained(spec: ModelSpec, path: str):
     """Weights are read only from safetensors files: a pickle ``.bin`` checkpoint can run code
     when it is loaded, so one without safetensors weights is refused (:func:`_no_safetensors`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     # Online, transformers would answer a hub repo with only .bin weights by asking HF's
     # conversion Space for safetensors and loading them from the bot's pull request, a revision
     # the repo's owner never published: refuse instead (unless this variable is set otherwise).
     os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
-    kwargs = dict(trust_remote_code=spec.trust_remote_code)
+    with _explained_load_failure(spec, path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.dtype], use_safetensors=True,
+                                                    trust_remote_code=spec.trust_remote_code)
+
+
+@contextlib.contextmanager
+def _explained_load_failure(spec: ModelSpec, path: str):
+    """A checkpoint or tokenizer that cannot be loaded: say which and how to get it."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.dtype],
-                                                     use_safetensors=True, **kwargs)
+        yield
     except (OSError, ValueError) as err:  # ValueError: e.g. a folder without a usable tokenizer
         if isinstance(err, OSError) and _no_safetensors(path, err):
             raise GainbenchError(
@@ -109,7 +134,6 @@ def _from_pretrained(spec: ModelSpec, path: str):
                 f"(HF_HOME) here, or set model.name_or_path=/path/to/a/local/copy")
         raise GainbenchError(f"cannot load model '{spec.name}' from {where} '{path}' "
                              f"({first_line(err)}); {hint}") from None
-    return model, tokenizer
 
 
 def _no_safetensors(path: str, err: OSError) -> bool:

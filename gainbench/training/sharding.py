@@ -57,6 +57,10 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def is_sharded_tensor(tensor) -> bool:
+    return isinstance(tensor, DTensor)
+
+
 def _reshard(model: nn.Module) -> None:
     """Every FSDP unit of ``model`` back to holding only its shards (FSDP leaves the root's weights
     gathered after a forward pass without backward, e.g. evaluation). Before a method attaches

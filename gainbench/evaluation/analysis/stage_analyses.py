@@ -6,10 +6,11 @@
 * the combination grid of two stages' updates (Figure 4): additive ``W0 + a dW_A + b dW_B``, or
   for GAIN multiplicative ``diag(s_A^a s_B^b) W0``; the two stages must be consecutive.
 
-The protocol calls :meth:`before_stage` before a stage changes the model and
-:meth:`after_stage` once it is absorbed and evaluated; on resume it calls both for each replayed
-stage with ``emit=False`` so the snapshots exist again. Rows carry their grid point in the
-``alpha`` / ``a`` / ``b`` columns.
+An :class:`~gainbench.evaluation.evaluators.Evaluator`: the protocol calls :meth:`before_stage`
+before a stage changes the model and the evaluator itself once the stage is absorbed; on resume
+:meth:`after_replay` rebuilds, without rows, the snapshots a later stage needs. How two stages'
+updates combine is the method's to say (``Method.update_composition``). Rows carry their grid
+point in the ``alpha`` / ``a`` / ``b`` columns.
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ from gainbench.evaluation.analysis.combination import combine_grid, gain_grid, s
 from gainbench.evaluation.analysis.interpolation import changed_tensors, interpolate, snapshot
 from gainbench.evaluation.analysis.per_token import load_per_token, loss_change_rows, per_token_losses, save_per_token
 from gainbench.errors import GainbenchError
+from gainbench.evaluation.evaluators import Evaluator
 
 
 @dataclass
-class StageAnalyses:
+class StageAnalyses(Evaluator):
     settings: object         # gainbench.settings.AnalysisSettings
     run_dir: Path
     domains: list            # DomainData, in sequence order
     evaluate: callable       # model -> perplexity rows on every domain
     load_stage_state: callable  # stage -> the method's saved tensors
-    is_gain: bool = False
+    composition: str = "additive"   # or "multiplicative": Method.update_composition
     batch_size: int = 8
     _snapshots: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.check()
 
     def check(self) -> None:
         known = {d.name for d in self.domains}
@@ -48,7 +53,13 @@ class StageAnalyses:
         if stage in s.interpolation_stages or (s.combination_stages and stage == s.combination_stages[0]):
             self._snapshots[("before", stage)] = snapshot(model)
 
-    def after_stage(self, model, stage: int, emit: bool = True) -> list[dict]:
+    def __call__(self, model, stage: int) -> list[dict]:
+        return self._after_stage(model, stage, emit=True)
+
+    def after_replay(self, model, stage: int) -> None:
+        self._after_stage(model, stage, emit=False)
+
+    def _after_stage(self, model, stage: int, emit: bool) -> list[dict]:
         s, rows = self.settings, []
         if stage in s.per_token_stages and emit:
             rows += self._per_token(model, stage)
@@ -93,7 +104,7 @@ class StageAnalyses:
         after_b_all = snapshot(model)
         names = sorted(set(changed_tensors(base, after_a)) | set(changed_tensors(after_a, after_b_all)))
         after_b = {n: after_b_all[n] for n in names}
-        if self.is_gain:  # scales compose multiplicatively: "a times A" is s_A ** a
+        if self.composition == "multiplicative":  # scales: "a times A" is s_A ** a
             scales_a = scales_from_stage_state(self.load_stage_state(a_stage))
             scales_b = scales_from_stage_state(self.load_stage_state(b_stage))
             rows = gain_grid(model, {n: base[n] for n in names}, scales_a, scales_b, grid, grid,
