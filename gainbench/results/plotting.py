@@ -1,0 +1,53 @@
+"""What every figure shares: matplotlib without a display, the percent change, one colour and
+marker per method, and a diverging cell map centred on zero."""
+
+from __future__ import annotations
+
+import numpy as np
+
+GAIN_METHODS = ("gain", "gain_ffn")
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files (imported on first use: the tables need none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pct_change(delta_nll):
+    """Perplexity change in percent from a change in NLL (nats)."""
+    return 100.0 * np.expm1(delta_nll)
+
+
+# One colour per method in every figure (tab10 order), so a method is recognised across panels.
+METHOD_ORDER = ("gain", "gain_ffn", "lora", "full_ft", "ia3", "ia3_peft", "dora", "lora_l2",
+                "replay_lora", "ewc")
+
+
+def method_color(method: str) -> str:
+    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method))
+    return f"C{index % 10}"
+
+
+def method_style(method: str) -> dict:
+    """GAIN's variants stand out (filled stars, thick); baselines are plain circles."""
+    if method in GAIN_METHODS:
+        return {"marker": "*", "markersize": 14, "linewidth": 2.2, "zorder": 3, "color": method_color(method)}
+    return {"marker": "o", "markersize": 7, "linewidth": 1.2, "zorder": 2, "color": method_color(method)}
+
+
+def diverging_cells(ax, values: np.ndarray, **imshow_kwargs):
+    """Draw ``values`` (percent changes) with a diverging map centred on zero, each cell
+    labelled; returns the image for a colour bar."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    limit = max(float(np.nanmax(np.abs(values))), 1e-6)
+    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), **imshow_kwargs)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+    return image
