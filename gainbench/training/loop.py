@@ -19,45 +19,10 @@ from gainbench.training.parallel import TrainedModule, activation_checkpointing,
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    lr: float
-    batch_size: int = 4
-    weight_decay: float = 0.0
-    schedule: str = "cosine"          # any transformers scheduler name
-    warmup_fraction: float = 0.1
-    max_grad_norm: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    checkpoint_every: int = 0         # optimiser steps between in-stage checkpoints; 0 = none
-    nonfinite: str = "stop"           # a NaN/inf loss: stop (error) | skip (drop the batch, go on)
-    # How a step is computed, not what it computes: batch_size stays the global batch whatever
-    # the number of processes and micro-batches (gainbench.settings keeps these out of the run id).
-    strategy: str = "single"          # single | ddp | fsdp (gainbench.training.parallel)
-    shard_weights: bool = False       # fsdp: the weights stay sharded for the whole run
-    grad_accum_steps: int = 1         # micro-batches per process per optimiser step
-    activation_checkpointing: bool = False
-    precision: str = "fp32"           # fp32 | bf16: autocast of the training forward/backward
-
-    def __post_init__(self):
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise GainbenchError(f"train.lr must be a positive number, got {self.lr}")
-        if self.batch_size < 1:
-            raise GainbenchError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if self.checkpoint_every < 0:
-            raise GainbenchError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.nonfinite not in ("stop", "skip"):
-            raise GainbenchError(f"train.nonfinite must be stop or skip, got {self.nonfinite!r}")
-        if self.strategy not in STRATEGIES:
-            raise GainbenchError(f"train.strategy must be one of {', '.join(STRATEGIES)}, "
-                                 f"got {self.strategy!r}")
-        if self.shard_weights and self.strategy != "fsdp":
-            raise GainbenchError("train.shard_weights=true keeps the weights sharded by FSDP; "
-                                 f"use it with train.strategy=fsdp (got {self.strategy!r})")
-        if self.grad_accum_steps < 1:
-            raise GainbenchError(f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
-        if self.precision not in PRECISIONS:
-            raise GainbenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
-                                 f"got {self.precision!r}")
+# A stage's training settings are the `train:` block of the typed schema, which holds their
+# defaults and checks (imported here too, so `from gainbench.training.loop import TrainSettings`
+# keeps working).
+from gainbench.config.schema import TrainSettings  # noqa: E402
 
 
 @dataclass(frozen=True)
