@@ -10,8 +10,8 @@ import hydra
 from omegaconf import DictConfig
 
 from gainbench.errors import GainbenchError, first_line
+from gainbench.paths import CONFIG_DIR  # noqa: F401  (cli.CONFIG_DIR stays importable)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CHOICE_GROUPS = ("model", "method", "sequence", "train", "eval", "experiment", "logger", "analysis")
 
 
@@ -28,6 +28,26 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
                                      f"(or add configs/{key}/{choice}.yaml)")
 
 
+def check_override_keys(argv: list[str]) -> None:
+    """Fail early, in one line, on ``train.lrr=1e-3`` or ``+train.lrr=1e-3``, naming the nearest
+    known key: Hydra would refuse the first in a page that suggests the second, which it accepts."""
+    from gainbench.config.fields import refuse_secrets
+    from gainbench.config.schema import check_override_path
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith("-") or key.startswith("~"):
+            continue
+        key = key.lstrip("+")
+        if key in CHOICE_GROUPS or key.startswith("hydra") or "/" in key or "@" in key:
+            continue
+        nested = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        refuse_secrets(nested)   # a credential is refused as one, not as an unknown key
+        check_override_path(key)
+
+
 def compose_settings(overrides: list[str]):
     """The RunSettings ``python -m gainbench <overrides>`` would run with (for scripts that plan
     or prepare runs without starting one)."""
@@ -37,6 +57,7 @@ def compose_settings(overrides: list[str]):
     from gainbench.settings import settings_from_config
 
     check_group_choices(overrides)
+    check_override_keys(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
@@ -90,6 +111,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we tokenise in one process
     try:
         check_group_choices(sys.argv[1:])
+        check_override_keys(sys.argv[1:])
     except GainbenchError as err:
         _fail(err)
     _hydra_main()
