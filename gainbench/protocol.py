@@ -44,6 +44,7 @@ def run(cfg) -> Path:
     store = RunStore(Path(settings.results_dir) / settings.run_id)
     store.check(settings.run_id)
     if _finished(store, settings):
+        store.repair_record()
         print(f"gainbench: run {settings.run_id} already finished ({store.run_dir}); nothing to do")
         print_summary(store.rows(), [d.name for d in settings.domains])
         return store.run_dir
@@ -77,6 +78,8 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
     if len(done) == last_stage + 1:
         print(f"gainbench: run {settings.run_id} finished meanwhile ({store.run_dir}); nothing to do")
         return store.run_dir
+    if placement.is_main:
+        store.repair_record()
     meta = store.meta() or _initial_meta(settings, model, domains, placement)
     # built before any stage changes the model: the diagnostic copies the base weights
     evaluators = _evaluators(settings, method, store, model, tokenizer, domains, placement)

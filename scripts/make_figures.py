@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gainbench.errors import GainbenchError
 from gainbench.results.figures import FIGURES, write_figures
 from gainbench.results.runs import load_runs
 
@@ -26,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         runs = load_runs(args.paths)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, GainbenchError) as err:
         sys.exit(f"make_figures: error: {err.args[0]}")
     if not runs:
         sys.exit(f"make_figures: error: no run folders (with run.json) under {args.paths}")

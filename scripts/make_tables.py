@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gainbench.errors import GainbenchError
 from gainbench.results.render import render
 from gainbench.results.tables import TABLES, build_tables
 
@@ -33,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         tables = build_tables(args.paths, args.tables, args.matched_at)
-    except (FileNotFoundError, KeyError) as err:
+    except (FileNotFoundError, KeyError, GainbenchError) as err:
         sys.exit(f"make_tables: error: {err.args[0]}")
     if args.columns:
         if len(tables) != 1:

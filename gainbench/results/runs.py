@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from gainbench import metrics
+from gainbench.results.store import read_finished_rows, read_record
 
 # Config keys that can change the trained weights or the validation numbers.
 _TRAINING_PREFIXES = ("model.", "method.", "train.", "sequence.", "eval.val_tokens", "eval.stride")
@@ -82,9 +83,9 @@ def find_runs(paths) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> Run:
-    meta = json.loads((Path(run_dir) / "run.json").read_text())
-    rows = pd.read_parquet(Path(run_dir) / "rows.parquet")
-    return Run(Path(run_dir), meta, rows[rows["stage"].isin(meta["finished_stages"])])
+    """One run folder; a GainbenchError when its rows do not cover its finished stages."""
+    meta = read_record(run_dir)
+    return Run(Path(run_dir), meta, read_finished_rows(run_dir, meta))
 
 
 def load_runs(paths, warn=sys.stderr) -> list[Run]:

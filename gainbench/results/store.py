@@ -1,9 +1,14 @@
 """One run's folder: ``rows.parquet`` (tidy, one measurement per row), ``run.json``
 (provenance and progress) and ``stages/`` (the tensors that reproduce each finished stage).
 
-Every write is atomic (temp file + rename). A stage counts as done only once its rows are on
-disk *and* ``run.json`` lists it; rows of an unmarked stage are dropped on load, so a job killed
-at any point resumes from the last finished stage with nothing half-written.
+Every write is atomic (temp file + rename). Finishing a stage writes its rows into
+``rows.parquet`` together with the run.json that lists it (as the file's key-value metadata,
+:data:`META_KEY`): that one rename is the moment the stage is done, so no reader (gainbench or
+pandas) ever sees rows of an unfinished stage. ``rows.csv`` and ``run.json`` follow; a job killed
+before they are written loses nothing, since the next run takes the record from rows.parquet.
+
+A folder whose rows do not cover every stage its record calls finished (rows.parquet deleted or
+replaced by hand) is refused, on resume, on the finished path and by the tables, never used.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -28,6 +35,50 @@ ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_
                "eval_kind", "eval_name", "metric", "value", "stderr", "n",
                # grid coordinates of the figure analyses (interpolation alpha; combination a, b)
                "alpha", "a", "b"]
+
+
+# rows.parquet's key-value metadata: the run.json written with these rows (see the module doc)
+META_KEY = b"gainbench.run"
+
+
+def read_record(run_dir: Path) -> dict:
+    """A run folder's record: run.json, or the one stored in rows.parquet when that lists more
+    finished stages (a job killed between writing the rows and run.json). {} for no run."""
+    run_dir = Path(run_dir)
+    meta_path, rows_path = run_dir / "run.json", run_dir / "rows.parquet"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if rows_path.exists():
+        try:
+            stored = (pq.read_schema(rows_path).metadata or {}).get(META_KEY)
+        except Exception:  # a damaged file: read_finished_rows says so
+            stored = None
+        if stored:
+            from_rows = json.loads(stored)
+            if set(from_rows.get("finished_stages", [])) > set(meta.get("finished_stages", [])):
+                return from_rows
+    return meta
+
+
+def read_finished_rows(run_dir: Path, meta: dict) -> pd.DataFrame:
+    """The rows of the stages ``meta`` calls finished; a GainbenchError, saying how to start
+    over, when rows.parquet is missing, unreadable or lacks one of those stages."""
+    run_dir = Path(run_dir)
+    rows_path, finished = run_dir / "rows.parquet", list(meta.get("finished_stages", []))
+    fix = f"move {run_dir} away (or delete it) to start this run afresh"
+    if not rows_path.exists():
+        if finished:
+            raise GainbenchError(f"{rows_path} cannot be read (missing, but run.json lists finished "
+                                 f"stages {finished}); {fix}")
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    try:
+        rows = pd.read_parquet(rows_path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise GainbenchError(f"{rows_path} cannot be read ({err}); {fix}") from None
+    missing = sorted(set(finished) - set(rows["stage"]) if "stage" in rows else finished)
+    if missing:
+        raise GainbenchError(f"{rows_path} cannot be read as this run's results: it holds no rows "
+                             f"of finished stage(s) {missing} that run.json lists; {fix}")
+    return rows[rows["stage"].isin(finished)].reset_index(drop=True)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -61,11 +112,7 @@ class RunStore:
         if not isinstance(meta, dict) or meta.get("run_id") != run_id:
             found = meta.get("run_id") if isinstance(meta, dict) else type(meta).__name__
             raise GainbenchError(f"{self.meta_path} belongs to run {found!r}, not {run_id!r}; {fix}")
-        if meta.get("finished_stages") and self.rows_path.exists():
-            try:
-                pd.read_parquet(self.rows_path, columns=["stage"])
-            except Exception as err:  # pyarrow raises several types for a damaged file
-                raise GainbenchError(f"{self.rows_path} cannot be read ({err}); {fix}") from None
+        read_finished_rows(self.run_dir, self.meta())
 
     @contextmanager
     def lock(self):
@@ -97,16 +144,20 @@ class RunStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def meta(self) -> dict:
-        return json.loads(self.meta_path.read_text()) if self.exists() else {}
+        return read_record(self.run_dir) if self.exists() else {}
+
+    def repair_record(self) -> None:
+        """Rewrite run.json from the record in rows.parquet when a job was killed between the
+        two writes (so a reader of run.json sees every finished stage too)."""
+        if self.exists() and self.meta() != json.loads(self.meta_path.read_text()):
+            write_json(self.meta_path, self.meta())
 
     def finished_stages(self) -> list[int]:
         return list(self.meta().get("finished_stages", []))
 
     def rows(self) -> pd.DataFrame:
-        if not self.rows_path.exists():
-            return pd.DataFrame(columns=ROW_COLUMNS)
-        rows = pd.read_parquet(self.rows_path)
-        return rows[rows["stage"].isin(self.finished_stages())].reset_index(drop=True)
+        """The rows of every finished stage (refused when they are not all there)."""
+        return read_finished_rows(self.run_dir, self.meta())
 
     def save_stage_state(self, stage: int, state: dict[str, torch.Tensor],
                          keep_only_latest: bool = False) -> None:
@@ -152,8 +203,14 @@ class RunStore:
         new = pd.DataFrame(stage_rows, columns=ROW_COLUMNS)
         old = self.rows()
         rows = new if old.empty else pd.concat([old, new], ignore_index=True)
-        atomic_write(self.rows_path, lambda tmp: rows.to_parquet(tmp, index=False))
-        atomic_write(self.run_dir / "rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
         meta = dict(meta)
         meta["finished_stages"] = sorted(set(self.finished_stages()) | {stage})
+        record = json.dumps(meta, default=str).encode()
+
+        def write_rows(tmp):  # the rows and the record that lists them: one rename
+            table = pa.Table.from_pandas(rows, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata(
+                {**(table.schema.metadata or {}), META_KEY: record}), tmp)
+        atomic_write(self.rows_path, write_rows)
+        atomic_write(self.run_dir / "rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
         write_json(self.meta_path, meta)
