@@ -6,11 +6,13 @@ import warnings
 
 import torch.nn as nn
 
+from gainbench.errors import GainbenchError, first_line
 from gainbench.methods.base import Method, register
-from gainbench.models.architectures import ROLE_SUFFIXES
+from gainbench.models.architectures import (ATTN_QV_SUFFIXES, ROLE_SUFFIXES, ROLES, block_module_names,
+                                            model_type_of, target_suffixes)
 
 
-def _get_peft_model(model: nn.Module, config) -> nn.Module:
+def _get_peft_model(model: nn.Module, config, method: str) -> nn.Module:
     from peft import get_peft_model
 
     # PeftModel's constructor reads a transformers property that transformers 5 deprecates
@@ -18,19 +20,31 @@ def _get_peft_model(model: nn.Module, config) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
                                 category=FutureWarning)
-        return get_peft_model(model, config)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as err:  # PEFT's word on targets it cannot find or adapt
+            raise GainbenchError(
+                f"method '{method}' cannot adapt this {model_type_of(model)} model ({first_line(err)}); "
+                f"set method.options.targets to roles ({', '.join(ROLES)}) or suffixes of "
+                f"one block's linear modules: {block_module_names(model)}") from None
 
 
-def _module_suffixes(model: nn.Module, targets):
-    """Roles (``attn_out``, ``ffn_down``) become module suffixes; ``None`` keeps PEFT's default."""
-    if targets is None:
+def _family_default(model: nn.Module, method: str, peft_defaults: dict) -> list[str] | None:
+    """``None`` where PEFT has default modules for the family (PEFT then picks them), else the
+    family's attention input projections (``attn_qv``); a family neither knows is refused."""
+    model_type = model_type_of(model)
+    if model_type in peft_defaults:
         return None
-    roles = ROLE_SUFFIXES.get(model.config.model_type, {})
-    return [roles.get(t, t) for t in targets]
+    if model_type in ATTN_QV_SUFFIXES:
+        return list(ATTN_QV_SUFFIXES[model_type])
+    raise GainbenchError(
+        f"method '{method}' has no default modules for model_type '{model_type}' (neither PEFT nor "
+        f"gainbench/models/architectures.py knows the family); set method.options.targets=[<suffix>,...] "
+        f"from one block's linear modules: {block_module_names(model)}")
 
 
 def _is_gpt2_conv1d(model: nn.Module) -> bool:
-    return model.config.model_type == "gpt2"  # Conv1D stores [in, out]: PEFT needs fan_in_fan_out
+    return model_type_of(model) == "gpt2"  # Conv1D stores [in, out]: PEFT needs fan_in_fan_out
 
 
 class _PeftMethod(Method):
@@ -43,7 +57,8 @@ class _PeftMethod(Method):
 
 @register("lora")
 class LoRA(_PeftMethod):
-    """Low-rank ``W + (alpha/r) B A`` on ``targets`` (null: PEFT's default modules per family)."""
+    """Low-rank ``W + (alpha/r) B A`` on ``targets``: roles or module suffixes; null is PEFT's
+    default modules for the family, or the family's ``attn_qv`` projections where PEFT has none."""
 
     use_dora = False
 
@@ -53,13 +68,17 @@ class LoRA(_PeftMethod):
 
     def attach(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
+        if self.targets is None:
+            targets = _family_default(model, self.name, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+        else:
+            targets = target_suffixes(model, self.targets, self.name)
         config = LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=_module_suffixes(model, self.targets),
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
             fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM", use_dora=self.use_dora,
         )
-        return _get_peft_model(model, config)
+        return _get_peft_model(model, config, self.name)
 
 
 @register("ia3")
@@ -68,7 +87,8 @@ class IA3(_PeftMethod):
 
     With ``targets`` given (default: GAIN's ``attn_out``) it computes exactly what GAIN does,
     an independent cross-check; ``targets: null`` is PEFT's own (IA)^3 recipe for the family
-    (keys, values, and the FFN down projection's *input* side).
+    (keys, values, and the FFN down projection's *input* side), or, where PEFT has none, the same
+    recipe on the family's ``attn_qv`` projections and ``ffn_down``.
     """
 
     exempt_from_weight_decay = True
@@ -81,11 +101,20 @@ class IA3(_PeftMethod):
 
     def attach(self, model: nn.Module) -> nn.Module:
         from peft import IA3Config
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
 
-        suffixes = _module_suffixes(model, self.targets)
-        explicit = {} if suffixes is None else {"target_modules": suffixes, "feedforward_modules": []}
-        config = IA3Config(**explicit, fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM")
-        return _get_peft_model(model, config)
+        if self.targets is not None:
+            modules = {"target_modules": target_suffixes(model, self.targets, self.name),
+                       "feedforward_modules": []}
+        else:
+            attention = _family_default(model, self.name, TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING)
+            if attention is None:
+                modules = {}  # PEFT's own recipe for the family
+            else:  # PEFT's recipe for fused-qkv families: attention outputs, FFN down's input side
+                ffn_down = ROLE_SUFFIXES[model_type_of(model)]["ffn_down"]
+                modules = {"target_modules": [*attention, ffn_down], "feedforward_modules": [ffn_down]}
+        config = IA3Config(**modules, fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM")
+        return _get_peft_model(model, config, self.name)
 
 
 @register("ia3_peft")

@@ -1,8 +1,8 @@
-"""Model-family knowledge, in one place: which module is the attention output projection and
-which the FFN down projection, per HF ``model_type``.
+"""Model-family knowledge, in one place: which module is the attention output projection, which
+the FFN down projection, and which the attention input projections, per HF ``model_type``.
 
-Everything else in gainbench asks this module by *role* (``attn_out``, ``ffn_down``) and never
-by module name, so adding a family is one entry here.
+Everything else in gainbench asks this module by *role* (``attn_out``, ``ffn_down``, ``attn_qv``)
+and never by module name, so adding a family is one entry in each table here.
 """
 
 from __future__ import annotations
@@ -29,6 +29,26 @@ ROLE_SUFFIXES: dict[str, dict[str, str]] = {
     "falcon": {"attn_out": "self_attention.dense", "ffn_down": "mlp.dense_4h_to_h"},
 }
 
+# The attention input projections LoRA adapts (Hu et al. 2021 adapt W_q and W_v), as suffixes; a
+# family with one fused q/k/v projection lists that. They equal PEFT's default LoRA modules where
+# PEFT has one (tests/models/test_every_family.py checks it), and are the LoRA and (IA)^3 default
+# where it has none (Phi-3 in PEFT 0.21).
+ATTN_QV_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "llama": ("self_attn.q_proj", "self_attn.v_proj"),
+    "mistral": ("self_attn.q_proj", "self_attn.v_proj"),
+    "qwen2": ("self_attn.q_proj", "self_attn.v_proj"),
+    "qwen3": ("self_attn.q_proj", "self_attn.v_proj"),
+    "phi3": ("self_attn.qkv_proj",),
+    "gemma": ("self_attn.q_proj", "self_attn.v_proj"),
+    "gemma2": ("self_attn.q_proj", "self_attn.v_proj"),
+    "gpt2": ("attn.c_attn",),
+    "gpt_neox": ("attention.query_key_value",),
+    "opt": ("self_attn.q_proj", "self_attn.v_proj"),
+    "falcon": ("self_attention.query_key_value",),
+}
+
+ROLES = ("attn_out", "ffn_down", "attn_qv")
+
 LINEAR_TYPES = (nn.Linear, Conv1D)
 
 
@@ -36,36 +56,59 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)}
 
 
+def model_type_of(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def target_suffixes(model: nn.Module, targets: list[str], method: str | None = None) -> list[str]:
+    """Roles (``attn_out``, ``ffn_down``, ``attn_qv``) become the family's module-name suffixes;
+    any other target is already a suffix and passes through. ``method`` names the asking method
+    in the error for a family gainbench does not know."""
+    model_type = model_type_of(model)
+    suffixes: list[str] = []
+    for target in targets:
+        if target not in ROLES:
+            suffixes.append(target)
+        elif model_type not in ROLE_SUFFIXES:
+            prefix = f"method '{method}': " if method else ""
+            raise GainbenchError(prefix + _unknown_architecture_message(model_type, linear_modules(model)))
+        elif target == "attn_qv":
+            suffixes.extend(ATTN_QV_SUFFIXES[model_type])
+        else:
+            suffixes.append(ROLE_SUFFIXES[model_type][target])
+    return suffixes
+
+
 def resolve_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Module]:
     """Map target names to the model's linear modules.
 
-    A target is a role (``attn_out``, ``ffn_down``) looked up for the model's family,
+    A target is a role (``attn_out``, ``ffn_down``, ``attn_qv``) looked up for the model's family,
     ``block_linear`` (every linear module inside the numbered decoder blocks, i.e. all but the
     LM head), or an explicit module-name suffix such as ``self_attn.o_proj``. Every target must
     match at least one linear module.
     """
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
     linears = linear_modules(model)
     found: dict[str, nn.Module] = {}
     for target in targets:
         if target == "block_linear":
             found.update({n: m for n, m in linears.items() if any(p.isdigit() for p in n.split("."))})
             continue
-        if target in ("attn_out", "ffn_down"):
-            if model_type not in ROLE_SUFFIXES:
-                raise GainbenchError(_unknown_architecture_message(model_type, linears))
-            suffix = ROLE_SUFFIXES[model_type][target]
-        else:
-            suffix = target
-        matches = {n: m for n, m in linears.items() if n == suffix or n.endswith("." + suffix)}
-        if not matches:
-            raise GainbenchError(
-                f"target '{target}' (module suffix '{suffix}') matches no linear module of this "
-                f"{model_type} model; set method.options.targets to roles (attn_out, ffn_down) or "
-                f"suffixes of one block's linear modules: {_one_block(linears)}"
-            )
-        found.update(matches)
+        for suffix in target_suffixes(model, [target]):
+            matches = {n: m for n, m in linears.items() if n == suffix or n.endswith("." + suffix)}
+            if not matches:
+                raise GainbenchError(
+                    f"target '{target}' (module suffix '{suffix}') matches no linear module of this "
+                    f"{model_type_of(model)} model; set method.options.targets to roles "
+                    f"({', '.join(ROLES)}) or suffixes of one block's linear modules: "
+                    f"{_one_block(linears)}"
+                )
+            found.update(matches)
     return dict(sorted(found.items(), key=lambda kv: _natural_key(kv[0])))
+
+
+def block_module_names(model: nn.Module) -> list[str]:
+    """The linear modules of the model's first decoder block, named as targets (prefix stripped)."""
+    return _one_block(linear_modules(model))
 
 
 def _one_block(linears: dict[str, nn.Module]) -> list[str]:
@@ -82,10 +125,10 @@ def _one_block(linears: dict[str, nn.Module]) -> list[str]:
 def _unknown_architecture_message(model_type, linears) -> str:
     return (
         f"gainbench does not know which modules of model_type '{model_type}' are the attention "
-        f"output and FFN down projections; name the method targets explicitly with "
-        f"method.options.targets=[<suffix>,...] (or add the family to ROLE_SUFFIXES in "
-        f"gainbench/models/architectures.py), choosing suffixes from one block's linear modules: "
-        f"{_one_block(linears)}"
+        f"and FFN projections; name the method targets explicitly with "
+        f"method.options.targets=[<suffix>,...] (or add the family to ROLE_SUFFIXES and "
+        f"ATTN_QV_SUFFIXES in gainbench/models/architectures.py), choosing suffixes from one "
+        f"block's linear modules: {_one_block(linears)}"
     )
 
 
