@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gainbench.errors import GainbenchError, first_line
+from gainbench.errors import GainbenchError, Interrupted, first_line
 from gainbench.paths import CONFIG_DIR  # noqa: F401  (cli.CONFIG_DIR stays importable)
 
 CHOICE_GROUPS = ("model", "method", "sequence", "train", "eval", "experiment", "logger", "analysis")
@@ -82,16 +82,39 @@ def _hydra_main(cfg: DictConfig) -> None:
     _offline_when_nothing_needs_the_hub(cfg)
     from gainbench.protocol import run
 
+    in_sweep = _in_one_process_sweep()
     try:
         run(cfg)
+        _SWEEP_JOBS.append(None)
+    except Interrupted as err:
+        print(f"gainbench: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except GainbenchError as err:
-        if _in_one_process_sweep():
+        if in_sweep:
             # One bad job (a NaN at the grid's highest lr, say) must not end the other jobs of
-            # `-m` on the basic launcher; it is reported, and its run folder holds only the
-            # stages it finished. Separate-process launchers (submitit) see the exit code.
+            # `-m` on the basic launcher; it is reported, its run folder holds only the stages
+            # it finished, and the sweep ends non-zero after naming it (main). Separate-process
+            # launchers (submitit) see each job's exit code.
             print(f"gainbench: error (this sweep job; the sweep goes on): {err}", file=sys.stderr)
+            _SWEEP_JOBS.append(_job_label(cfg))
             return
         _fail(err)
+
+
+# One entry per job of a one-process sweep: None when it finished, else its label.
+_SWEEP_JOBS: list[str | None] = []
+
+
+def _job_label(cfg: DictConfig) -> str:
+    """The failed job's run id, or its overrides when its config could not be read."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from gainbench.settings import settings_from_config
+
+    try:
+        return settings_from_config(cfg).run_id
+    except GainbenchError:
+        return f"job {HydraConfig.get().job.num} ({HydraConfig.get().job.override_dirname})"
 
 
 def _in_one_process_sweep() -> bool:
@@ -114,4 +137,13 @@ def main() -> None:
         check_override_keys(sys.argv[1:])
     except GainbenchError as err:
         _fail(err)
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # before the protocol started (composing, importing)
+        print(f"gainbench: {Interrupted(130)}", file=sys.stderr)
+        sys.exit(130)
+    failed = [label for label in _SWEEP_JOBS if label is not None]
+    if failed:
+        print(f"gainbench: {len(failed)} of {len(_SWEEP_JOBS)} jobs failed: {', '.join(failed)}",
+              file=sys.stderr)
+        sys.exit(1)

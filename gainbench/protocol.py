@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,12 +34,19 @@ from gainbench.results.store import RunStore
 from gainbench.results.summary import print_summary
 from gainbench.results.wandb_mirror import WandbMirror
 from gainbench.settings import RunSettings, settings_from_config
+from gainbench.stopping import StagePointer, stops_cleanly
 from gainbench.training.checkpoint import StageCheckpoint
 from gainbench.training.loop import train_stage
 
 
 def run(cfg) -> Path:
-    """Run (or resume) the protocol for one composed config; returns the run folder."""
+    """Run (or resume) the protocol for one composed config; returns the run folder.
+    Ctrl-C or SIGTERM raise :class:`~gainbench.errors.Interrupted` naming the stage in flight."""
+    with stops_cleanly() as in_flight:
+        return _run(cfg, in_flight)
+
+
+def _run(cfg, in_flight: StagePointer) -> Path:
     settings = settings_from_config(cfg)
     method = make_method(settings.method_name, **settings.method_options)
     store = RunStore(Path(settings.results_dir) / settings.run_id)
@@ -58,10 +66,13 @@ def run(cfg) -> Path:
                              "(the weights must then fit one device)")
     placement = Placement.create(settings.train.strategy, settings.train.shard_weights,
                                  settings.device)
+    if placement.is_main:
+        _check_writable(Path(settings.results_dir))
     model, tokenizer, domains = _setup_model_and_data(settings, placement)
     # after every input check: bad input leaves no folder behind; only rank 0 writes
     with store.lock() if placement.is_main else contextlib.nullcontext():
-        run_dir = _run_stages(settings, method, store, model, tokenizer, domains, placement)
+        run_dir = _run_stages(settings, method, store, model, tokenizer, domains, placement,
+                              in_flight)
     # Only after success: on an error the traceback can hold a live DDP reducer, which blocks the
     # group's teardown; the process exits with the error and the launcher stops the other ranks.
     placement.close()
@@ -72,7 +83,21 @@ def _finished(store: RunStore, settings: RunSettings) -> bool:
     return len(store.finished_stages()) == len(settings.domains) + 1
 
 
-def _run_stages(settings, method, store, model, tokenizer, domains, placement: Placement) -> Path:
+def _check_writable(results_dir: Path) -> None:
+    """Before the model loads: a results folder that cannot be written is a one-line error (the
+    nearest existing folder is checked, so nothing is created yet)."""
+    existing = next(p for p in [results_dir, *results_dir.absolute().parents] if p.exists())
+    try:  # a real write: permission bits say nothing to root, or of a read-only mount
+        with tempfile.TemporaryFile(dir=existing, prefix=".gainbench-write-check-"):
+            pass
+    except OSError as err:
+        raise GainbenchError(f"results_dir={results_dir} cannot be written ({existing}: "
+                             f"{err.strerror or first_line(err)}); set results_dir to a folder "
+                             "you can write") from None
+
+
+def _run_stages(settings, method, store, model, tokenizer, domains, placement: Placement,
+                in_flight: StagePointer) -> Path:
     last_stage = len(settings.domains)
     done = placement.broadcast(store.finished_stages())  # again, under rank 0's lock
     if len(done) == last_stage + 1:
@@ -90,6 +115,7 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
         model = _replay_finished_stages(model, method, store, done, evaluators, placement)
 
     for stage in range(max(done, default=-1) + 1, last_stage + 1):
+        in_flight.stage = stage
         started = time.perf_counter()
         training = None
         for evaluator in evaluators:
