@@ -51,6 +51,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from gainbench.config.checks import check_across_groups
 from gainbench.config.fields import (EXECUTION, PRESENTATION, check_fields, check_path, dump,
                                      identity, parse, refuse_secrets, setting)
 from gainbench.data.domains import DomainSpec
@@ -246,6 +247,19 @@ class SequenceConfig:
     order: tuple[str, ...] = setting((), neutral=())
     domains: dict[str, DomainSpec] = setting(factory=dict)
 
+    def __post_init__(self):
+        order, table = list(self.order or self.domains), self.domains
+        if not order:
+            raise GainbenchError(f"sequence '{self.name}' has no domains; set sequence.order")
+        unknown = [d for d in order if d not in table]
+        if unknown:
+            raise GainbenchError(f"sequence '{self.name}' has no domain(s) {unknown}; known: "
+                                 f"{sorted(table)} (set sequence.order to a subset of them)")
+        repeated = sorted({d for d in order if order.count(d) > 1})
+        if repeated:
+            raise GainbenchError(f"sequence.order lists {', '.join(repeated)} more than once; a "
+                                 "domain is one stage and one column of the results: list each once")
+
     @property
     def ordered(self) -> tuple[DomainSpec, ...]:
         return tuple(self.domains[name] for name in (self.order or tuple(self.domains)))
@@ -269,66 +283,7 @@ class GainbenchConfig:
     analysis: AnalysisSettings = setting(factory=AnalysisSettings, neutral=AnalysisSettings())
 
     def __post_init__(self):
-        _check_sequence(self.sequence)
-        last = len(self.sequence.ordered)
-        _check_budgets(self)
-        stride, seq_len = self.eval.stride, self.train.seq_len
-        if stride is not None and stride > seq_len:
-            raise GainbenchError(f"eval.stride={stride} is longer than the window "
-                                 f"(train.seq_len={seq_len}) and would skip tokens; set "
-                                 f"eval.stride <= {seq_len}, or null for whole blocks")
-        _check_stages("eval.lm_eval.stages", () if isinstance(self.eval.lm_eval.stages, str)
-                      else self.eval.lm_eval.stages, 0, last)
-        analysis = self.analysis
-        _check_stages("analysis.per_token.stages", analysis.per_token.stages, 0, last)
-        _check_stages("analysis.interpolation.stages", analysis.interpolation.stages, 1, last)
-        _check_stages("analysis.combination.stages", analysis.combination.stages, 1, last)
-        names = [d.name for d in self.sequence.ordered]
-        unknown = [d for d in analysis.per_token.domains if d not in names]
-        if unknown and analysis.any:
-            raise GainbenchError(f"analysis.per_token.domains names {unknown}, not in the sequence "
-                                 f"{names}; choose among them")
-
-
-def _check_sequence(sequence: SequenceConfig) -> None:
-    order, table = list(sequence.order or sequence.domains), sequence.domains
-    if not order:
-        raise GainbenchError(f"sequence '{sequence.name}' has no domains; set sequence.order")
-    unknown = [d for d in order if d not in table]
-    if unknown:
-        raise GainbenchError(f"sequence '{sequence.name}' has no domain(s) {unknown}; known: "
-                             f"{sorted(table)} (set sequence.order to a subset of them)")
-    repeated = sorted({d for d in order if order.count(d) > 1})
-    if repeated:
-        raise GainbenchError(f"sequence.order lists {', '.join(repeated)} more than once; a domain "
-                             "is one stage and one column of the results: list each domain once")
-
-
-def _check_budgets(config: GainbenchConfig) -> None:
-    train, seq_len = config.train, config.train.seq_len
-    step = train.batch_size * seq_len
-    for key, tokens in [("train.tokens_per_stage", train.tokens_per_stage)] + [
-            (f"sequence.domains.{d.name}.train_tokens", d.train_tokens)
-            for d in config.sequence.ordered if d.train_tokens is not None]:
-        if tokens < step:
-            raise GainbenchError(
-                f"{key}={tokens} is a stage budget under one optimiser step (train.batch_size x "
-                f"train.seq_len = {train.batch_size} x {seq_len} = {step} tokens), so the stage "
-                f"would not train; set {key} >= {step}, or lower train.batch_size or train.seq_len")
-    for key, tokens in [("eval.val_tokens", config.eval.val_tokens)] + [
-            (f"sequence.domains.{d.name}.val_tokens", d.val_tokens)
-            for d in config.sequence.ordered if d.val_tokens is not None]:
-        if tokens < seq_len:
-            raise GainbenchError(
-                f"{key}={tokens} is a validation budget under one block of train.seq_len={seq_len} "
-                f"tokens, so nothing would be scored; set {key} >= {seq_len}")
-
-
-def _check_stages(key: str, stages, first: int, last: int) -> None:
-    outside = [s for s in stages if not first <= s <= last]
-    if outside:
-        raise GainbenchError(f"{key} lists stage(s) {outside}, but this sequence has stages "
-                             f"{first}..{last}; fix {key}")
+        check_across_groups(self)
 
 
 def read_config(config: dict) -> GainbenchConfig:
