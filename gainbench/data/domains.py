@@ -202,9 +202,30 @@ def prepare_domain(spec: DomainSpec, tokenizer, block_len: int, train_tokens: in
                       val_stream_bytes=packed.val_stream_bytes, from_cache=from_cache)
 
 
+def _check_both_sides(spec: DomainSpec, train_docs: list, val_docs: list, train_budget: int,
+                      val_budget: int) -> None:
+    """The split is by whole document: a domain needs documents on both sides of it."""
+    empty = [side for side, docs, budget in (("training", train_docs, train_budget),
+                                             ("validation", val_docs, val_budget))
+             if budget > 0 and not docs]
+    if not empty:
+        return
+    n = len(train_docs) + len(val_docs)
+    fix = ("split its text into several documents (a local text file is one document; a .jsonl "
+           "file holds one per line)")
+    if n >= 2:
+        more = "raise" if empty[0] == "validation" else "lower"
+        fix = (f"{more} sequence.domains.{spec.name}.validation_percent (now "
+               f"{spec.validation_percent:g}) or " + fix)
+    raise GainbenchError(f"domain '{spec.name}' has no {empty[0]} document: the split into training "
+                         f"and validation is by whole document and its {n} document(s) all fell on "
+                         f"one side; {fix}")
+
+
 def _pack_domain(spec: DomainSpec, tokenizer, train_docs: list[Document],
                  val_docs: list[Document], block_len: int, train_budget: int,
                  val_budget: int) -> token_cache.PackedDomain:
+    _check_both_sides(spec, train_docs, val_docs, train_budget, val_budget)
     train = pack_documents(train_docs, tokenizer, block_len, train_budget)
     if len(train) == 0 and train_budget > 0:
         raise GainbenchError(

@@ -126,6 +126,11 @@ def _explained_load_failure(spec: ModelSpec, path: str):
                 "tokenizer's save_pretrained(OUT); transformers writes safetensors, before 4.35 add "
                 "safe_serialization=True), then set model.name_or_path=OUT; or use a copy or hub "
                 "revision of the model that has safetensors weights") from None
+        if _looks_like_a_path(path) and not Path(path).expanduser().exists():
+            raise GainbenchError(f"model '{spec.name}': local folder '{path}' does not exist; set "
+                                 "model.name_or_path to a folder holding a transformers checkpoint "
+                                 "(config.json, tokenizer files, *.safetensors) or to an HF hub id "
+                                 "such as Qwen/Qwen2.5-7B") from None
         where = "local folder" if Path(path).exists() else "HF hub id"
         if where == "local folder":
             hint = ("the folder must hold a transformers checkpoint: config.json, the tokenizer's "
@@ -137,6 +142,11 @@ def _explained_load_failure(spec: ModelSpec, path: str):
                 f"(HF_HOME) here, or set model.name_or_path=/path/to/a/local/copy")
         raise GainbenchError(f"cannot load model '{spec.name}' from {where} '{path}' "
                              f"({first_line(err)}); {hint}") from None
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A filesystem path, not an HF id (``org/name``, at most one slash, never leading)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 def _no_safetensors(path: str, err: OSError) -> bool:

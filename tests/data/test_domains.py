@@ -61,9 +61,9 @@ def test_empty_domain_is_a_clear_error(tmp_path):
         read_documents(spec)
 
 
-def test_too_little_validation_text_is_a_clear_error(tiny_tokenizer):
+def test_no_validation_document_is_a_clear_error(tiny_tokenizer):
     spec = DomainSpec(name="small", source={"kind": "local_files"}, validation_percent=0.0)
-    with pytest.raises(GainbenchError, match="too little validation text"):
+    with pytest.raises(GainbenchError, match="no validation document.*raise sequence.domains.small"):
         prepare_domain(spec, tiny_tokenizer, 16, 64, 64, docs=DOCS[:20])
 
 

@@ -90,3 +90,10 @@ def test_a_folder_without_any_weights_says_what_it_must_hold(tiny_model, tiny_to
 def test_an_empty_folder_is_a_clear_error_not_a_traceback(tmp_path):
     with pytest.raises(GainbenchError, match=r"from local folder .*must hold a transformers checkpoint"):
         _load(str(tmp_path))
+
+
+@pytest.mark.parametrize("path", ["/nonexistent", "./not/here", "a/b/c"])
+def test_a_missing_local_folder_is_named_as_one_not_as_a_hub_id(path):
+    with pytest.raises(GainbenchError, match=f"local folder '{path}' does not exist") as err:
+        load_model(ModelSpec(name="hf", source="hub", name_or_path=path), torch.device("cpu"), list)
+    assert "hf download" not in str(err.value)
