@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import typing
-from pathlib import Path
 
 import pytest
 import yaml
@@ -334,8 +333,3 @@ def test_cli_refuses_bad_input_in_one_line_with_exit_2_and_no_folder(tmp_path, a
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not results.exists()
 
-
-def test_the_schema_docstring_states_its_design_choices():
-    for words in ("Learning-rate bound", "Schema version 1", "execution", "presentation", "neutral"):
-        assert words in schema.__doc__
-    assert Path(schema.__file__).name == "schema.py"
