@@ -1,11 +1,14 @@
 """Strided sliding-window perplexity: matches validation_nll at stride == context, scores every
-token once, does not depend on the batch size, and rewards context on a model built to need it."""
+token once, does not depend on the batch size, and rewards context on a model built to need it;
+the perplexity evaluator scores each domain's validation stream this way when eval.stride is set."""
 
 import math
 
 import pytest
 import torch
 
+from gainbench.data.domains import DomainData
+from gainbench.evaluation.evaluators import Perplexity
 from gainbench.evaluation.perplexity import _windows, strided_nll, validation_nll
 
 
@@ -97,3 +100,19 @@ def test_nll_falls_as_stride_shrinks():
     model, tokens = NeedsContext(k=3), torch.arange(64) % NeedsContext.V
     nlls = [strided_nll(model, tokens, 64, context=8, stride=s).nll for s in (8, 6, 4, 2, 1)]
     assert nlls == sorted(nlls, reverse=True) and nlls[-1] < nlls[0]
+
+
+def test_strided_perplexity_scores_every_token_once_with_more_context():
+    """eval.stride=16 on train.seq_len=64 blocks (the protocol builds Perplexity so): the
+    validation blocks are scored as one stream, every token but the first, each with at least
+    48 tokens before it; without a stride each block's first token goes unscored."""
+    tokens = torch.arange(512) % NeedsContext.V
+    domain = DomainData("stream", train_blocks=tokens.view(8, 64), val_blocks=tokens.view(8, 64),
+                        val_bytes=3 * 8 * 63, val_stream_bytes=2 * 511)  # bytes per scored token: 3, 2
+    model = NeedsContext(k=3)  # uncertain of the first 3 targets of each window, sure of the rest
+    blocks, strided = ({row["metric"]: row for row in Perplexity([domain], 4, stride, context=64)(model, 1)}
+                       for stride in (None, 16))
+    assert strided["nll"]["n"] == 512 - 1 and blocks["nll"]["n"] == 8 * 63
+    assert strided["nll"]["value"] < blocks["nll"]["value"]  # only the first window lacks context
+    assert strided["bpb"]["value"] == pytest.approx(strided["nll"]["value"] / 2 / math.log(2))
+    assert blocks["bpb"]["value"] == pytest.approx(blocks["nll"]["value"] / 3 / math.log(2))

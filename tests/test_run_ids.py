@@ -1,0 +1,32 @@
+"""What a run id answers to: settings that change the numbers change it; settings that change only
+how a step is computed leave it alone (those are recorded in run.json), so a rerun with more
+memory-saving or more processes resumes and compares with the same folder. On the smoke preset,
+from the typed settings alone: no run needed."""
+
+import pytest
+
+from gainbench.settings import settings_from_config
+from tests.conftest import compose_config
+
+SMOKE = ["experiment=smoke", "sequence.order=[kjv_bible,icd10_medical,python_code]"]
+
+
+def _run_id(*overrides):
+    return settings_from_config(compose_config(SMOKE + list(overrides))).run_id
+
+
+@pytest.mark.parametrize("execution", [
+    "train.grad_accum_steps=3",               # the same step in smaller pieces
+    "train.activation_checkpointing=true",    # the same step, activations recomputed
+    "train.checkpoint_every=1",
+])
+def test_how_a_step_is_computed_leaves_the_run_id_alone(execution):
+    assert _run_id(execution) == _run_id()
+
+
+@pytest.mark.parametrize("numbers", [
+    "train.precision=bf16",   # another training run, close to fp32
+    "eval.stride=16",         # other perplexities: every token scored, with more context
+])
+def test_what_changes_the_numbers_changes_the_run_id(numbers):
+    assert _run_id(numbers) != _run_id()
