@@ -126,17 +126,20 @@ def convert(value, hint, path: str):
         return parse(hint, value, path)
     if hint is bool:
         if not isinstance(value, bool):
-            raise GainbenchError(f"{path} must be true or false, got {value!r}; fix {path}")
+            raise GainbenchError(f"{path} must be true or false, got {value!r}; set {path}=true "
+                                 f"or {path}=false")
         return value
     if hint is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise GainbenchError(f"{path} must be a whole number, got {value!r}; fix {path}")
+            raise GainbenchError(f"{path} must be a whole number, got {value!r}; set {path} to "
+                                 "one, e.g. 1024")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise GainbenchError(f"{path} must be a finite number, got {value!r}; fix {path}")
+            raise GainbenchError(f"{path} must be a finite number, got {value!r}; set {path} to "
+                                 "one, e.g. 0.001 or 1e-3")
         return value
     if hint is str:
         if not isinstance(value, str):
@@ -193,11 +196,13 @@ def check_fields(obj, path: str) -> None:
         if not isinstance(value, (int, float)):
             continue
         if meta.get("positive") and not value > 0:
-            raise GainbenchError(f"{where} must be a positive number, got {value!r}; fix {where}")
+            raise GainbenchError(f"{where} must be a positive number, got {value!r}; set {where} > 0")
         if "min" in meta and value < meta["min"]:
-            raise GainbenchError(f"{where} must be >= {meta['min']}, got {value!r}; fix {where}")
+            raise GainbenchError(f"{where} must be >= {meta['min']}, got {value!r}; set "
+                                 f"{where} >= {meta['min']}")
         if "max" in meta and value > meta["max"]:
-            raise GainbenchError(f"{where} must be <= {meta['max']}, got {value!r}; fix {where}")
+            raise GainbenchError(f"{where} must be <= {meta['max']}, got {value!r}; set "
+                                 f"{where} <= {meta['max']}")
 
 
 # --- what the run id hashes, and what run.json records ---------------------------------------
