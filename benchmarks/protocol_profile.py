@@ -22,7 +22,7 @@ the phases called inside it, and the phases plus ``other`` add up to the total:
     lm-eval        the LmEval evaluator (lm-eval's import and task set-up on first use included)
     diagnostics    the column-span diagnostic (base-weight snapshot and the last stage's analysis)
     write          RunStore.finish_stage / save_stage_state and method.stage_state
-    provenance     protocol._initial_meta (git state, package versions)
+    provenance     provenance.run_record (git state, package versions)
     summary        the printed PPL matrix and metrics at the end (RunStore.rows, print_summary)
     other          everything not in a phase (the stage loop, row building, analyses, ...)
 
@@ -129,7 +129,8 @@ def profiled_run(cfg) -> dict:
     patches = [(protocol, "make_method", make_method)]
     patches += [(protocol, fn, clock.wrap(phase, getattr(protocol, fn))) for fn, phase in (
         ("load_model", "load model"), ("read_documents", "read data"), ("prepare_domain", "tokenise"),
-        ("train_stage", "train"), ("_initial_meta", "provenance"), ("print_summary", "summary"))]
+        ("train_stage", "train"), ("print_summary", "summary"))]
+    patches += [(protocol.provenance, "run_record", clock.wrap("provenance", protocol.provenance.run_record))]
     patches += [(evaluator, fn, clock.wrap(phase, getattr(evaluator, fn))) for evaluator, fn, phase in (
         (Perplexity, "__call__", "PPL eval"), (LmEval, "__call__", "lm-eval"),
         (ColumnSpan, "__init__", "diagnostics"), (ColumnSpan, "__call__", "diagnostics"))]

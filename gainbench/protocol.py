@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import platform
 import tempfile
 import time
 import warnings
@@ -105,7 +104,8 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
         return store.run_dir
     if placement.is_main:
         store.repair_record()
-    meta = store.meta() or _initial_meta(settings, model, domains, placement)
+    meta = store.meta() or provenance.run_record(
+        settings.run_id, settings.resolved_config, model, domains, placement)
     # built before any stage changes the model: the diagnostic copies the base weights
     evaluators = _evaluators(settings, method, store, model, tokenizer, domains, placement)
     mirror = WandbMirror((settings.logger or {}) if placement.is_main else {}, settings.run_id,
@@ -129,7 +129,7 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
                 rows += evaluator(model, stage)
                 meta.update(evaluator.provenance)
         if training is not None:
-            rows += _training_rows(training)
+            rows += training.rows()
             meta["trainable_params"] = training.trainable_params
         meta["stage_seconds"][str(stage)] = round(time.perf_counter() - started, 2)
         if placement.is_main:
@@ -282,38 +282,9 @@ def _replay_finished_stages(model, method: Method, store: RunStore, done: list[i
     return model
 
 
-def _training_rows(training):
-    values = {"train_loss_mean": training.mean_loss, "train_loss_final": training.final_loss,
-              "trainable_params": training.trainable_params, "train_seconds": training.seconds}
-    if training.skipped_batches:  # only with train.nonfinite=skip
-        values["skipped_batches"] = training.skipped_batches
-    return [dict(eval_kind="train", eval_name="train", metric=k, value=float(v), n=training.tokens)
-            for k, v in values.items()]
-
-
 def _with_run_columns(row: dict, settings: RunSettings, stage: int) -> dict:
     return {"run_id": settings.run_id, "model": settings.model.name,
             "method": settings.method_name, "seed": settings.seed,
             "sequence": settings.sequence_name, "stage": stage,
             "stage_domain": settings.domains[stage - 1].name if stage > 0 else "base",
             "stderr": float("nan"), **row}
-
-
-def _initial_meta(settings: RunSettings, model, domains: list[DomainData],
-                  placement: Placement) -> dict:
-    return {
-        "run_id": settings.run_id,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": settings.resolved_config,
-        "git": provenance.git_state(),
-        "versions": provenance.package_versions(),
-        "numerics": provenance.numerics(),
-        "device": str(placement.device),
-        "world_size": placement.ranks.world_size,  # processes (train.strategy in config.train)
-        "host": platform.node(),
-        "domains": {d.name: d.info for d in domains},
-        "model_params": count_parameters(model.parameters()),
-        "trainable_params": None,
-        "stage_seconds": {},
-        "finished_stages": [],
-    }

@@ -49,3 +49,25 @@ def numerics() -> dict:
                      tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                      tf32_cudnn=torch.backends.cudnn.allow_tf32)
     return state
+
+
+def run_record(run_id: str, config: dict, model, domains, placement) -> dict:
+    """run.json of a run just started: its config, where and with what it ran, its domains."""
+    import time
+
+    return {
+        "run_id": run_id,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "git": git_state(),
+        "versions": package_versions(),
+        "numerics": numerics(),
+        "device": str(placement.device),
+        "world_size": placement.ranks.world_size,  # processes (train.strategy in config.train)
+        "host": platform.node(),
+        "domains": {d.name: d.info for d in domains},
+        "model_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": None,
+        "stage_seconds": {},
+        "finished_stages": [],
+    }

@@ -35,6 +35,15 @@ class StageTraining:
     trainable_params: int | None = None
     skipped_batches: int = 0
 
+    def rows(self) -> list[dict]:
+        """The stage's training statistics as tidy rows (``eval_kind`` train, ``n`` tokens)."""
+        values = {"train_loss_mean": self.mean_loss, "train_loss_final": self.final_loss,
+                  "trainable_params": self.trainable_params, "train_seconds": self.seconds}
+        if self.skipped_batches:  # only with train.nonfinite=skip
+            values["skipped_batches"] = self.skipped_batches
+        return [dict(eval_kind="train", eval_name="train", metric=k, value=float(v), n=self.tokens)
+                for k, v in values.items()]
+
 
 def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tensor,
                 settings: TrainSettings, seed: int, exempt_from_weight_decay: bool = False,
