@@ -17,8 +17,8 @@ def gpu_hours():
 
 
 def test_the_budget_is_read_from_the_composed_config(gpu_hours):
-    plan = gpu_hours.budget(["experiment=paper_grid", "train.tokens_per_stage=1000"])
-    assert plan == {"stages": 8, "seq_len": 1024, "train_tokens": 8 * 1000,
+    plan = gpu_hours.budget(["experiment=paper_grid", "train.tokens_per_stage=131072"])
+    assert plan == {"stages": 8, "seq_len": 1024, "train_tokens": 8 * 131072,
                     "eval_tokens": 9 * 8 * 1048576}
 
 

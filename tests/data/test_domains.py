@@ -118,9 +118,10 @@ def test_per_domain_budgets_come_from_the_config_and_are_absent_by_default():
     for sequence in ("embedded8", "paper8"):
         config = to_container(compose_config([f"sequence={sequence}"]))
         for domain in config["sequence"]["domains"].values():
-            assert "train_tokens" not in domain and "val_tokens" not in domain  # run ids stay put
+            # null (the sequence-wide budget) by default, which leaves run ids where they were
+            assert domain["train_tokens"] is None and domain["val_tokens"] is None
     settings = settings_from_config(compose_config([
-        "+sequence.domains.kjv_bible.train_tokens=2048", "+sequence.domains.kjv_bible.val_tokens=512"]))
+        "sequence.domains.kjv_bible.train_tokens=2048", "sequence.domains.kjv_bible.val_tokens=512"]))
     by_name = {d.name: d for d in settings.domains}
     assert by_name["kjv_bible"].budgets(settings.train_tokens, settings.val_tokens) == (2048, 512)
     assert by_name["icd10_medical"].budgets(settings.train_tokens, settings.val_tokens) == (

@@ -134,4 +134,4 @@ def test_cli_composes_paper8(tmp_path):
                             capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "name: paper8" in result.stdout and "path: emozilla/pg19" in result.stdout
-    assert "train_tokens" not in result.stdout.split("domains:")[1]  # optional keys stay absent
+    assert "train_tokens: null" in result.stdout.split("domains:")[1]  # optional keys: null by default
