@@ -33,13 +33,14 @@ def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
                   table.round(2).to_string(na_rep="-")]
         earlier = metrics.earlier_domain_change_vs_base(L.values)
         lines.append("")
-        if T > 1:  # a one-domain sequence has no earlier domain
+        transfer = ""
+        if T > 1:  # a one-domain sequence has no earlier domain, so no transfer either
             lines.append(f"Earlier domains, final vs base: mean {earlier.mean():+.2f}%   "
                          f"vs just-trained: mean {metrics.earlier_domain_change_vs_trained(L.values).mean():+.2f}%")
-        lines += [f"BWT {metrics.backward_transfer(L.values):+.4f} nats (negative = forgetting)   "
-                  f"FWT {metrics.forward_transfer(L.values):+.4f} nats   "
-                  f"forgetting {metrics.forgetting(L.values):.4f} nats   "
-                  f"final PPL (geo-mean) {metrics.final_ppl_geomean(L.values):.2f}"]
+            transfer = (f"BWT {metrics.backward_transfer(L.values):+.4f} nats (negative = forgetting)   "
+                        f"FWT {metrics.forward_transfer(L.values):+.4f} nats   "
+                        f"forgetting {metrics.forgetting(L.values):.4f} nats   ")
+        lines += [f"{transfer}final PPL (geo-mean) {metrics.final_ppl_geomean(L.values):.2f}"]
     lines += _diagnostic_lines(rows)
     downstream = rows[rows["eval_kind"] == "lm_eval"]
     if not downstream.empty:
