@@ -15,18 +15,23 @@ def _run_id(*overrides):
     return settings_from_config(compose_config(SMOKE + list(overrides))).run_id
 
 
+@pytest.fixture(scope="module")
+def smoke_id():
+    return _run_id()
+
+
 @pytest.mark.parametrize("execution", [
     "train.grad_accum_steps=3",               # the same step in smaller pieces
     "train.activation_checkpointing=true",    # the same step, activations recomputed
     "train.checkpoint_every=1",
 ])
-def test_how_a_step_is_computed_leaves_the_run_id_alone(execution):
-    assert _run_id(execution) == _run_id()
+def test_how_a_step_is_computed_leaves_the_run_id_alone(execution, smoke_id):
+    assert _run_id(execution) == smoke_id
 
 
 @pytest.mark.parametrize("numbers", [
     "train.precision=bf16",   # another training run, close to fp32
     "eval.stride=16",         # other perplexities: every token scored, with more context
 ])
-def test_what_changes_the_numbers_changes_the_run_id(numbers):
-    assert _run_id(numbers) != _run_id()
+def test_what_changes_the_numbers_changes_the_run_id(numbers, smoke_id):
+    assert _run_id(numbers) != smoke_id

@@ -1,15 +1,21 @@
-"""benchmarks/data_throughput.py runs and prints its table (timings are never asserted)."""
+"""benchmarks/data_throughput.py runs and prints its table (timings are never asserted).
+
+Slow: a subprocess that times real tokenising and packing; what it times (pack_documents,
+prepare_domain, the token cache) has its unit tests beside this file."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from gainbench.cli import CONFIG_DIR
 
 SCRIPT = CONFIG_DIR.parent / "benchmarks" / "data_throughput.py"
 
 
+@pytest.mark.slow
 def test_quick_run_prints_its_table(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     # the tiny tokenizer and Python's own pydoc text: nothing to download or convert

@@ -128,6 +128,7 @@ def test_bad_data_in_the_last_domain_stops_the_run_before_stage_0(tmp_path, prob
     assert not (tmp_path / "results").exists()  # no stage 0, no folder
 
 
+@pytest.mark.slow  # a subprocess; paper8's composition itself: tests/test_configs.py
 def test_cli_composes_paper8(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     result = subprocess.run([sys.executable, "-m", "gainbench", "sequence=paper8", "--cfg", "job"],

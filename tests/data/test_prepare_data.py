@@ -81,7 +81,14 @@ def test_an_unreachable_hf_dataset_is_named_with_the_fix(prepare_data, capsys):
         assert needed in error[0], needed
 
 
-def test_bad_override_is_one_line_and_exit_2():
+def test_bad_override_is_one_line_and_exit_2(prepare_data, capsys):
+    assert prepare_data.main(["sequence=nine"]) == 2  # the script's exit status
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gainbench: error: unknown sequence 'nine'") and "\n" not in error
+
+
+@pytest.mark.slow
+def test_bad_override_is_one_line_and_exit_2_as_a_command():
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     result = subprocess.run([sys.executable, str(SCRIPT), "sequence=nine"], capture_output=True,
                             text=True, env=env, timeout=120)

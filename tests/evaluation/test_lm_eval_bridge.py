@@ -152,7 +152,25 @@ def test_always_yes_model_scores_the_yes_fraction(tiny_model, tiny_tokenizer, no
     assert row["value"] == pytest.approx(sum(labels) / len(labels))
 
 
-def test_unknown_task_names_local_tasks():
+def test_unknown_task_names_local_tasks(monkeypatch):
+    """lm-eval's built-in index (14,000+ YAML files, seconds) is stood in for by gainbench's
+    own; the real one: test_an_unknown_task_is_looked_for_among_lm_eval_s_built_in_tasks."""
+    from gainbench.evaluation import lm_eval_bridge
+
+    real, indexed = lm_eval_bridge._task_manager, []
+
+    def local_tasks_only(local_only, include_path=None):
+        indexed.append("local" if local_only else "built-in")
+        return real(True, include_path)
+
+    monkeypatch.setattr(lm_eval_bridge, "_task_manager", local_tasks_only)
+    with pytest.raises(GainbenchError, match="gb_boolq_mini.*built-in"):
+        run_lm_eval(None, None, ["gb_no_such_task"])
+    assert indexed == ["local", "built-in"]  # not ours, so looked for among lm-eval's too
+
+
+@pytest.mark.slow
+def test_an_unknown_task_is_looked_for_among_lm_eval_s_built_in_tasks():
     with pytest.raises(GainbenchError, match="gb_boolq_mini.*built-in"):
         run_lm_eval(None, None, ["gb_no_such_task"])
 

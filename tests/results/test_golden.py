@@ -12,6 +12,7 @@ import pytest
 from gainbench.results.runs import load_runs
 from gainbench.results.render import render
 from gainbench.results.tables import TABLES, build_tables
+from tests.results.conftest import SCRIPTS
 
 GOLDEN = Path(__file__).parent / "golden" / "runs"
 T95_1DF = 12.706204736174698  # Student t, 97.5% quantile, 1 degree of freedom
@@ -112,31 +113,39 @@ def test_every_table_is_defined_once_and_builds():
     assert set(build_tables([GOLDEN])) == set(TABLES)
 
 
-def test_make_tables_script_writes_markdown_and_latex(tmp_path):
-    subprocess.run([sys.executable, "scripts/make_tables.py", str(GOLDEN), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+def test_make_tables_script_writes_markdown_and_latex(tmp_path, script):
+    script("make_tables", GOLDEN, "--out", tmp_path)
     for name in TABLES:
         assert (tmp_path / f"{name}.md").stat().st_size > 100
         assert (tmp_path / f"{name}.tex").read_text().startswith(r"\begin{table}")
 
 
-def test_make_tables_script_names_an_unknown_table():
-    out = subprocess.run([sys.executable, "scripts/make_tables.py", str(GOLDEN), "--tables", "nope"],
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "unknown table(s) ['nope']" in out.stderr
+def test_make_tables_script_names_an_unknown_table(script):
+    with pytest.raises(SystemExit, match=r"unknown table\(s\) \['nope'\]"):
+        script("make_tables", GOLDEN, "--tables", "nope")
 
 
-def test_make_figures_script_writes_every_figure(tmp_path):
-    subprocess.run([sys.executable, "scripts/make_figures.py", str(GOLDEN), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
-    stems = {p.stem for p in tmp_path.glob("*.png")}
+def _assert_every_figure(folder, suffixes):
+    stems = {p.stem for p in folder.iterdir()}
     for prefix in ("heatmap_", "tradeoff_", "per_token_histograms", "interpolation_",
                    "combination_", "downstream_"):
         assert any(s.startswith(prefix) for s in stems), f"no {prefix} figure in {sorted(stems)}"
     assert len([s for s in stems if s.startswith("heatmap_")]) == 5  # one per run
-    for path in tmp_path.iterdir():
+    for path in folder.iterdir():
         assert path.stat().st_size > 5000, path  # a drawn figure, not an empty canvas
-    assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".pdf"}
+    assert {p.suffix for p in folder.iterdir()} == suffixes
+
+
+def test_make_figures_script_writes_every_figure(tmp_path, script):
+    script("make_figures", GOLDEN, "--out", tmp_path, "--formats", "png")
+    _assert_every_figure(tmp_path, {".png"})
+
+
+@pytest.mark.slow
+def test_make_figures_script_as_a_command_writes_pngs_and_pdfs(tmp_path):
+    subprocess.run([sys.executable, "scripts/make_figures.py", str(GOLDEN), "--out", str(tmp_path)],
+                   check=True, capture_output=True, cwd=SCRIPTS.parent)
+    _assert_every_figure(tmp_path, {".png", ".pdf"})
 
 
 def test_matched_comparison_interpolates_the_reference_front(tables):

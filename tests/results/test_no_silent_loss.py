@@ -70,6 +70,7 @@ def test_a_kill_between_the_rows_and_run_json_loses_nothing(tmp_path, monkeypatc
     assert load_run(store.run_dir).meta["finished_stages"] == [0, 1, 2]
 
 
+@pytest.mark.slow  # the store refuses them on its own: test_deleted_rows_are_refused_by_the_store_and_the_tables
 @pytest.mark.parametrize("finished", [False, True])
 def test_the_protocol_refuses_a_run_whose_rows_were_deleted(tmp_path, finished):
     overrides = ["experiment=smoke", "sequence.order=[kjv_bible]", "eval.lm_eval.stages=none",

@@ -1,8 +1,6 @@
 """Tables come from run folders alone; missing cells are missing, never zero."""
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 
@@ -28,7 +26,7 @@ def _write_run(root, method, stages):
         meta = store.meta()
 
 
-def test_comparison_table_from_folders(tmp_path):
+def test_comparison_table_from_folders(tmp_path, script, capsys):
     _write_run(tmp_path, "gain", [0, 1, 2])
     _write_run(tmp_path, "lora", [0, 1])  # unfinished
     table = comparison_table([tmp_path]).set_index("method")
@@ -37,7 +35,7 @@ def test_comparison_table_from_folders(tmp_path):
     assert table.loc["gain", "BWT (nats)"] == 1.5 - 1.7
     assert table.loc["lora", "stages done"] == "1/2" and np.isnan(table.loc["lora", "BWT (nats)"])
 
-    out = subprocess.run([sys.executable, "scripts/make_tables.py", str(tmp_path), "--tables", "runs"],
-                         capture_output=True, text=True, check=True).stdout
+    script("make_tables", tmp_path, "--tables", "runs")
+    out = capsys.readouterr().out
     lora_line = next(line for line in out.splitlines() if "| lora" in line and "1/2" in line)
     assert "nan" not in lora_line and " - " in lora_line
