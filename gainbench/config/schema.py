@@ -121,6 +121,14 @@ class LmEvalSettings:
     stages: str | tuple[int, ...] = setting("first_last",
                                             doc="all | first_last | none | a list of stage numbers")
     include_path: str | None = setting(None, neutral=None, doc="a folder of your own task YAMLs")
+    # The metric each task is reported by (summary, tables, figures); how results are shown,
+    # so not in the run id. The convention and its sources: results/run_metrics.headline_metric.
+    headline_metrics: dict[str, str] = setting(
+        factory=lambda: {"hellaswag": "acc_norm", "arc_challenge": "acc_norm",
+                         "openbookqa": "acc_norm", "arc_easy": "acc", "piqa": "acc",
+                         "winogrande": "acc", "boolq": "acc", "sciq": "acc",
+                         "gb_boolq_mini": "acc", "gb_sciq_mini": "acc", "gb_cloze_embedded": "acc"},
+        role=PRESENTATION, doc="task -> metric shown; a task not listed: acc")
 
     def __post_init__(self):
         check_fields(self, "eval.lm_eval")
