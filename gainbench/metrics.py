@@ -5,6 +5,9 @@
 at stage ``j``. Stages and domains are 1-based in the formulas below, as in the paper.
 Percent changes of perplexity are computed in log space: ``100 * (exp(dL) - 1)``.
 Negative loss or PPL changes are improvements.
+
+Every function of ``L`` also takes a stack of matrices ``(..., T+1, T)``, as the document
+bootstrap (gainbench.results.intervals) makes, and then returns one value per matrix.
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ def _pct(delta_nll):
     return 100.0 * np.expm1(delta_nll)
 
 
-def _checked(L) -> np.ndarray:
+def _checked(L, stack: bool = False) -> np.ndarray:
     L = np.asarray(L, dtype=float)
-    if L.ndim != 2 or L.shape[0] != L.shape[1] + 1:
-        raise ValueError(f"loss matrix must be (T+1, T), got {L.shape}")
+    if (L.ndim < 2 or (L.ndim > 2 and not stack)) or L.shape[-2] != L.shape[-1] + 1:
+        raise ValueError(f"loss matrix must be (T+1, T){' or a stack of them' if stack else ''}, "
+                         f"got {L.shape}")
     return L
+
+
+def _scalar(value):
+    """A plain float for one matrix, an array for a stack."""
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def in_domain_change(L) -> np.ndarray:
@@ -29,9 +38,9 @@ def in_domain_change(L) -> np.ndarray:
 
     The PPL change that stage k's training makes on its own domain; negative = adapted.
     """
-    L = _checked(L)
-    k = np.arange(1, L.shape[0])
-    return _pct(L[k, k - 1] - L[k - 1, k - 1])
+    L = _checked(L, stack=True)
+    k = np.arange(1, L.shape[-2])
+    return _pct(L[..., k, k - 1] - L[..., k - 1, k - 1])
 
 
 def earlier_domain_change_vs_base(L) -> np.ndarray:
@@ -39,9 +48,9 @@ def earlier_domain_change_vs_base(L) -> np.ndarray:
 
     Final PPL of each earlier domain against the base model; negative = better than base.
     """
-    L = _checked(L)
-    T = L.shape[1]
-    return _pct(L[T, : T - 1] - L[0, : T - 1])
+    L = _checked(L, stack=True)
+    T = L.shape[-1]
+    return _pct(L[..., T, : T - 1] - L[..., 0, : T - 1])
 
 
 def earlier_domain_change_vs_trained(L) -> np.ndarray:
@@ -49,10 +58,10 @@ def earlier_domain_change_vs_trained(L) -> np.ndarray:
 
     Final PPL of each earlier domain against right after it was trained; positive = forgot.
     """
-    L = _checked(L)
-    T = L.shape[1]
+    L = _checked(L, stack=True)
+    T = L.shape[-1]
     j = np.arange(1, T)
-    return _pct(L[T, j - 1] - L[j, j - 1])
+    return _pct(L[..., T, j - 1] - L[..., j, j - 1])
 
 
 def backward_transfer(L) -> float:
@@ -60,10 +69,10 @@ def backward_transfer(L) -> float:
 
     Negative = forgetting (loss rose after later stages), positive = later stages helped.
     """
-    L = _checked(L)
-    T = L.shape[1]
+    L = _checked(L, stack=True)
+    T = L.shape[-1]
     j = np.arange(1, T)
-    return float(np.mean(L[j, j - 1] - L[T, j - 1]))
+    return _scalar(np.mean(L[..., j, j - 1] - L[..., T, j - 1], axis=-1))
 
 
 def forward_transfer(L) -> float:
@@ -71,9 +80,9 @@ def forward_transfer(L) -> float:
 
     Positive = the stages before j already lowered domain j's loss before it was trained.
     """
-    L = _checked(L)
-    j = np.arange(2, L.shape[1] + 1)
-    return float(np.mean(L[0, j - 1] - L[j - 1, j - 1]))
+    L = _checked(L, stack=True)
+    j = np.arange(2, L.shape[-1] + 1)
+    return _scalar(np.mean(L[..., 0, j - 1] - L[..., j - 1, j - 1], axis=-1))
 
 
 def forgetting(L) -> float:
@@ -82,15 +91,15 @@ def forgetting(L) -> float:
 
     Positive = final loss above the best loss the domain ever had; 0 = nothing forgotten.
     """
-    L = _checked(L)
-    T = L.shape[1]
-    return float(np.mean(L[T, : T - 1] - L[:T, : T - 1].min(axis=0)))
+    L = _checked(L, stack=True)
+    T = L.shape[-1]
+    return _scalar(np.mean(L[..., T, : T - 1] - L[..., :T, : T - 1].min(axis=-2), axis=-1))
 
 
 def final_ppl_geomean(L) -> float:
     """exp(mean over j of L[T][j]): the geometric mean of the final perplexities."""
-    L = _checked(L)
-    return float(np.exp(L[-1].mean()))
+    L = _checked(L, stack=True)
+    return _scalar(np.exp(L[..., -1, :].mean(axis=-1)))
 
 
 def loss_matrix(rows: pd.DataFrame, domains: list[str] | None = None) -> pd.DataFrame:

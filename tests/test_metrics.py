@@ -90,3 +90,13 @@ def test_mean_ci_one_seed_has_no_interval_and_missing_values_are_dropped():
     mean, half, n = metrics.mean_ci([float("nan"), 5.0])
     assert (mean, n) == (5.0, 1) and math.isnan(half)
     assert metrics.mean_ci([])[2] == 0
+
+
+def test_every_metric_takes_a_stack_of_matrices_as_the_bootstrap_makes():
+    rng = np.random.default_rng(0)
+    stack = rng.normal(2.0, 0.1, (5, 5, 4))
+    for metric in (metrics.in_domain_change, metrics.earlier_domain_change_vs_base,
+                   metrics.earlier_domain_change_vs_trained, metrics.backward_transfer,
+                   metrics.forward_transfer, metrics.forgetting, metrics.final_ppl_geomean):
+        one_by_one = np.array([metric(matrix) for matrix in stack])
+        np.testing.assert_allclose(metric(stack), one_by_one, rtol=1e-12, err_msg=metric.__name__)
