@@ -150,7 +150,11 @@ def run_lm_eval(
 
     Returns ``(rows, provenance)``: one row per (task, metric) as
     ``{"eval_name", "metric", "value", "stderr" (nan if lm-eval gives none), "n"}``, and
-    ``{"lm_eval_version", "task_versions", "n_shot", "configs_hash"}``.
+    ``{"lm_eval_version", "task_versions", "n_shot", "configs_hash"}``. ``stderr`` is lm-eval's
+    standard error of the mean over the task's ``n`` items (sample standard deviation / sqrt(n);
+    for an accuracy p, sqrt(p (1 - p) / (n - 1))): it covers which items were drawn, nothing else.
+    Every metric lm-eval reports is kept (``acc`` and ``acc_norm`` both); which one a task is
+    reported by is the results' choice (``eval.lm_eval.headline_metrics``).
     ``limit`` caps the examples per task (the first ``limit`` of each). ``include_path``: a
     folder of the user's own lm-eval task YAMLs, indexed beside gainbench's offline tasks.
     A process whose ``LOCAL_RANK`` is not 0 gets ``([], {})``: lm-eval reports on one process.

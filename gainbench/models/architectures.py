@@ -49,6 +49,41 @@ ATTN_QV_SUFFIXES: dict[str, tuple[str, ...]] = {
 
 ROLES = ("attn_out", "ffn_down", "attn_qv")
 
+# Every linear matrix of one decoder block by its role, for the per-role analyses (the column-span
+# diagnostic): q, k, v, o (attention), gate, up, down (FFN), and the fused projections some families
+# keep: qkv (GPT-2 c_attn, GPT-NeoX/Falcon query_key_value, Phi-3 qkv_proj; [in d, out 3d] or less
+# with grouped K/V) and gate_up (Phi-3). GPT-2's mlp.c_fc is the FFN up projection (no gate), its
+# mlp.c_proj the down projection. A suffix means the same role in every family that has it.
+_LLAMA_MATRICES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",
+                   "self_attn.o_proj": "o", "mlp.gate_proj": "gate", "mlp.up_proj": "up",
+                   "mlp.down_proj": "down"}
+MATRIX_ROLE_SUFFIXES: dict[str, dict[str, str]] = {
+    "llama": _LLAMA_MATRICES, "mistral": _LLAMA_MATRICES, "qwen2": _LLAMA_MATRICES,
+    "qwen3": _LLAMA_MATRICES, "gemma": _LLAMA_MATRICES, "gemma2": _LLAMA_MATRICES,
+    "phi3": {"self_attn.qkv_proj": "qkv", "self_attn.o_proj": "o", "mlp.gate_up_proj": "gate_up",
+             "mlp.down_proj": "down"},
+    "gpt2": {"attn.c_attn": "qkv", "attn.c_proj": "o", "mlp.c_fc": "up", "mlp.c_proj": "down"},
+    "gpt_neox": {"attention.query_key_value": "qkv", "attention.dense": "o",
+                 "mlp.dense_h_to_4h": "up", "mlp.dense_4h_to_h": "down"},
+    "opt": {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v",
+            "self_attn.out_proj": "o", "fc1": "up", "fc2": "down"},
+    "falcon": {"self_attention.query_key_value": "qkv", "self_attention.dense": "o",
+               "mlp.dense_h_to_4h": "up", "mlp.dense_4h_to_h": "down"},
+}
+MATRIX_ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
+
+
+def matrix_role(module_name: str, model_type: str | None = None) -> str | None:
+    """The role (``MATRIX_ROLES``) of a linear module from its name's suffix, looked up in the
+    family's table, or in every family's when ``model_type`` is None (results carry module names,
+    not the family); None for a module no table lists."""
+    tables = [MATRIX_ROLE_SUFFIXES.get(model_type, {})] if model_type else MATRIX_ROLE_SUFFIXES.values()
+    for table in tables:
+        for suffix, role in table.items():
+            if module_name == suffix or module_name.endswith("." + suffix):
+                return role
+    return None
+
 LINEAR_TYPES = (nn.Linear, Conv1D)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from gainbench.results.analysis_figures import (combination_grids, interpolation_curves,
                                                 per_token_histograms)
 from gainbench.results.plotting import diverging_cells, method_style, pct_change, pyplot
-from gainbench.results.run_metrics import run_metrics
+from gainbench.results.run_metrics import headline_metric, headline_metrics_of, run_metrics
 from gainbench.results.runs import Run
 
 
@@ -90,12 +90,23 @@ def tradeoff_scatter(runs: list[Run]):
     return out
 
 
+def _headline_scores(run: Run) -> pd.DataFrame:
+    """The run's lm-eval rows of each task's headline metric (from its stored config)."""
+    scores = run.rows[run.rows["eval_kind"] == "lm_eval"]
+    table = headline_metrics_of(run.config)
+    headline = {task: headline_metric(task, task_rows["metric"], table)
+                for task, task_rows in scores.groupby("eval_name")}
+    return scores[scores["metric"] == scores["eval_name"].map(headline)]
+
+
 def downstream_per_stage(runs: list[Run]):
-    """lm-eval accuracy after each stage it ran at, per task, one line per method variant
-    (mean over seeds)."""
+    """lm-eval score after each stage it ran at, per task by its headline metric (acc_norm for
+    HellaSwag, ARC-Challenge, OpenBookQA, acc otherwise: run_metrics.headline_metric), one line
+    per method variant (mean over seeds), bars = ± 1.96 x lm-eval's standard error (mean over
+    seeds): which of the task's items were drawn, not seeds."""
     plt = pyplot()
-    scores = pd.concat([r.rows[(r.rows["eval_kind"] == "lm_eval") & (r.rows["metric"] == "acc")]
-                        .assign(variant=r.variant, model_name=r.model, method_name=r.method)
+    scores = pd.concat([_headline_scores(r).assign(variant=r.variant, model_name=r.model,
+                                                   method_name=r.method)
                         for r in runs] or [pd.DataFrame()])
     if scores.empty:
         return []
@@ -105,17 +116,21 @@ def downstream_per_stage(runs: list[Run]):
         fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             per_task = per_model[per_model["eval_name"] == task]
-            for (method, variant), curve in per_task.groupby(["method_name", "variant"]):
-                mean = curve.groupby("stage")["value"].mean()
+            curves = list(per_task.groupby(["method_name", "variant"]))
+            for i, ((method, variant), curve) in enumerate(curves):
+                mean = curve.groupby("stage")[["value", "stderr"]].mean()
                 style = method_style(method)
-                ax.plot(mean.index, 100 * mean.values, label=variant, marker=style["marker"],
-                        lw=style["linewidth"], markersize=style["markersize"] * 0.7,
-                        color=style["color"])
+                dodge = 0.06 * (i - (len(curves) - 1) / 2)   # overlapping bars side by side
+                ax.errorbar(mean.index + dodge, 100 * mean["value"], yerr=196 * mean["stderr"],
+                            label=variant, marker=style["marker"], lw=style["linewidth"],
+                            markersize=style["markersize"] * 0.7, color=style["color"], capsize=2)
             ax.set_xlabel("after stage (0 = base model)")
-            ax.set_ylabel("accuracy (%)")
+            ax.set_ylabel(f"{'/'.join(sorted(per_task['metric'].unique()))} (%)")
             ax.set_title(task)
             ax.legend(fontsize=8)
-        fig.suptitle(f"{model}: downstream accuracy per stage (mean over seeds)")
+        fig.suptitle(f"{model}: downstream score per stage, each task by its headline metric "
+                     f"(mean over seeds; bars: ± 1.96 lm-eval stderr over the task's items)",
+                     fontsize=10)
         fig.tight_layout()
         out.append((f"downstream_{model}", fig))
     return out

@@ -41,6 +41,13 @@ def _merge_intervals(table: pd.DataFrame, precision: int) -> pd.DataFrame:
 def render(name: str, tables: list[tuple[str, pd.DataFrame]], fmt: str = "md",
            precision: int = 2) -> str:
     spec = TABLES[name]
+    if not tables:   # say why there is no table, rather than write an empty file
+        if fmt == "md":
+            return f"### {spec.title}\n\n{spec.note}.\n\n({spec.missing}.)\n"
+        if fmt == "latex":
+            return (f"\\begin{{table}}\n\\caption{{{_latex(spec.title)}: {_latex(spec.note)}.}}\n"
+                    f"({_latex(spec.missing)}.)\n\\end{{table}}\n")
+        raise ValueError(f"unknown format {fmt!r} (md or latex)")
     parts = []
     for caption, table in tables:
         title = f"{spec.title}{f' ({caption})' if caption else ''}"
@@ -59,3 +66,12 @@ def render(name: str, tables: list[tuple[str, pd.DataFrame]], fmt: str = "md",
         else:
             raise ValueError(f"unknown format {fmt!r} (md or latex)")
     return "\n".join(parts)
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}"}
+
+
+def _latex(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(c, c) for c in text)

@@ -1,16 +1,22 @@
 """The one-screen summary printed at the end of a run: PPL matrix, in-domain and earlier-domain
-changes, continual-learning metrics and downstream accuracy."""
+changes, continual-learning metrics, the column-span diagnostic per matrix role and downstream
+accuracy (each task by its headline metric, with lm-eval's standard error)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from gainbench import metrics
-from gainbench.results.run_metrics import diagnostic_summary
+from gainbench.results.run_metrics import diagnostic_by_role, diagnostic_summary, headline_metric
 
 
-def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
+def summary_text(rows: pd.DataFrame, domains: list[str],
+                 headline_metrics: Mapping[str, str] | None = None) -> str:
+    """``headline_metrics``: the run's ``eval.lm_eval.headline_metrics`` (default: the convention,
+    gainbench.results.run_metrics.headline_metric)."""
     if rows.empty:
         return "(no finished stages)"
     run = rows.iloc[0]
@@ -42,11 +48,40 @@ def summary_text(rows: pd.DataFrame, domains: list[str]) -> str:
                         f"forgetting {metrics.forgetting(L.values):.4f} nats   ")
         lines += [f"{transfer}final PPL (geo-mean) {metrics.final_ppl_geomean(L.values):.2f}"]
     lines += _diagnostic_lines(rows)
-    downstream = rows[rows["eval_kind"] == "lm_eval"]
-    if not downstream.empty:
-        acc = downstream.pivot_table(index="stage", columns=["eval_name", "metric"], values="value")
-        lines += ["", "Downstream (lm-eval) accuracy per stage", acc.round(4).to_string()]
+    lines += _downstream_lines(rows, headline_metrics)
     return "\n".join(lines)
+
+
+def _downstream_lines(rows: pd.DataFrame, headline_metrics: Mapping[str, str] | None) -> list[str]:
+    """Each task's headline metric per stage it ran at, as ``value ± stderr`` (%), and the change
+    from the first to the last of those stages with the standard error of the difference."""
+    downstream = rows[rows["eval_kind"] == "lm_eval"]
+    if downstream.empty:
+        return []
+    table = {}
+    for task, task_rows in downstream.groupby("eval_name"):
+        metric = headline_metric(task, task_rows["metric"], headline_metrics)
+        by_stage = task_rows[task_rows["metric"] == metric].set_index("stage").sort_index()
+        line = {"metric": metric, "items": int(by_stage["n"].iloc[-1])}
+        for stage, score in by_stage.iterrows():
+            line[f"stage {stage}"] = _pm(100 * score["value"], 100 * score["stderr"])
+        if len(by_stage) > 1:
+            first, last = by_stage.iloc[0], by_stage.iloc[-1]
+            change, se = metrics.downstream_change(first["value"], last["value"], first["stderr"],
+                                                   last["stderr"])
+            line[f"change {by_stage.index[0]}->{by_stage.index[-1]}"] = _pm(100 * change, 100 * se,
+                                                                             sign=True)
+        table[task] = line
+    frame = pd.DataFrame.from_dict(table, orient="index").fillna("-")
+    frame.index.name = "task"
+    return ["", "Downstream (lm-eval), each task by its headline metric, % (± = lm-eval's standard "
+                "error over the task's items; of a change: both stages' errors combined as independent)",
+            frame.to_string()]
+
+
+def _pm(value: float, stderr: float, sign: bool = False) -> str:
+    text = f"{value:+.2f}" if sign else f"{value:.2f}"
+    return text if np.isnan(stderr) else f"{text} ± {stderr:.2f}"
 
 
 def _diagnostic_lines(rows: pd.DataFrame) -> list[str]:
@@ -55,13 +90,27 @@ def _diagnostic_lines(rows: pd.DataFrame) -> list[str]:
         return []
     if not summary["matrices changed"]:
         return ["", "Column-span diagnostic: no measured matrix changed"]
-    return ["", f"Column-span diagnostic after stage {summary['stage']}, cumulative vs base, over "
-                f"the {summary['matrices changed']} of {summary['matrices measured']} measured "
-                f"matrices that changed: update {summary['update size']:.2e} of |W| (mean), "
-                f"energy outside col(W) {summary['update energy outside col(W)']:.3f}, outside "
-                f"row(W) {summary['outside row(W)']:.3f}, intruder dimensions "
-                f"{int(summary['intruder dims'])} in all"]
+    roles = diagnostic_by_role(rows)
+    text = roles.drop(columns=["matrices"]).rename(columns={"changed": "matrices"})
+    for col in ("update size",):
+        text[col] = text[col].map(lambda v: f"{v:.2e}")
+    for col in ("outside col(W)", "random col", "outside row(W)", "random row"):
+        text[col] = text[col].map(lambda v: "-" if np.isnan(v) else f"{v:.3f}")
+    for col in ("rank r", "intruder dims", "k"):
+        text[col] = text[col].map(lambda v: f"{v:.0f}")
+    text["shape [out, in]"] = text["shape [out, in]"].fillna("-")
+    unchanged = summary["matrices measured"] - summary["matrices changed"]
+    return ["", f"Column-span diagnostic after stage {summary['stage']}, cumulative vs base, per "
+                f"matrix role, over the {summary['matrices changed']} matrices that changed"
+                f"{f' ({unchanged} measured did not)' if unchanged else ''}:",
+            "  update size = |dW|/|W0| (mean); outside col(W) / row(W) = the update's energy outside "
+            "W0's column / row span (mean),",
+            "  beside a random-direction update's, (m-r)/m and (n-r)/n: where that is 0 the span is "
+            "the whole space and no method can differ;",
+            "  intruder dims = new directions among each matrix's top k singular vectors (sum)",
+            text.to_string()]
 
 
-def print_summary(rows: pd.DataFrame, domains: list[str]) -> None:
-    print(summary_text(rows, domains))
+def print_summary(rows: pd.DataFrame, domains: list[str],
+                  headline_metrics: Mapping[str, str] | None = None) -> None:
+    print(summary_text(rows, domains, headline_metrics))

@@ -19,7 +19,9 @@ import pandas as pd
 
 from gainbench import metrics
 from gainbench.results.fronts import matched_comparison
-from gainbench.results.run_metrics import diagnostic_summary, downstream_changes, run_metrics
+from gainbench.results.intervals import DocumentBootstrap, combine
+from gainbench.results.run_metrics import (RUN_METRICS, diagnostic_by_role, diagnostic_summary,
+                                           downstream_changes, run_metrics)
 from gainbench.results.runs import Run, load_runs
 
 CI = " ±"  # suffix of a column holding the 95% half-width of the column it follows
@@ -31,8 +33,9 @@ def _index(runs: list[Run]) -> list[str]:
 
 
 def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
-    """Mean and 95% half-width over seeds of ``run_metrics`` per (model, variant); ``seeds``
-    counts the finished runs (an unfinished one is listed only in the ``runs`` table)."""
+    """Mean and 95% half-width of ``run_metrics`` per (model, variant), the interval over the
+    validation documents and the seeds (gainbench.results.intervals); ``seeds`` counts the
+    finished runs (an unfinished one is listed only in the ``runs`` table)."""
     lines = []
     for run in runs:
         line = {"model": run.model, "sequence": run.sequence, "method": run.variant,
@@ -44,9 +47,14 @@ def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
     out = []
     for key, group in frame.groupby(index, sort=False):
         line = dict(zip(index, key if isinstance(key, tuple) else (key,)))
+        finished = [runs[i] for i in group.index if runs[i].complete]
+        boot = DocumentBootstrap(finished)
+        line["seeds"] = len(finished)
         for name in names:
-            line[name], line[name + CI], line["seeds"] = metrics.mean_ci(group[name])
-        line = {**{k: line[k] for k in index}, "seeds": line.pop("seeds"), **line}
+            # the document replicates of the seed mean, when every run recorded its documents
+            reps = boot.replicates(RUN_METRICS[name]).mean(axis=1) if boot.available else None
+            interval = combine(group[name].to_numpy(), reps)
+            line[name], line[name + CI] = interval.estimate, interval.half_width
         out.append(line)
     return pd.DataFrame(out).set_index(index)
 
@@ -71,25 +79,63 @@ def transfer_table(runs):
 
 
 def downstream_table(runs):
-    """Per model: task x method, mean change over seeds ± 1.96 x the mean lm-eval stderr."""
+    """Per model: task (by its headline metric, from each run's stored config) x method, mean
+    change over seeds ± 1.96 x the mean lm-eval stderr of the difference; the base score
+    ± 1.96 x its lm-eval stderr."""
     lines = []
     for run in runs:
         for _, row in downstream_changes(run).iterrows():
+            if not row["headline"]:
+                continue
             lines.append({"model": run.model, "method": run.variant,
                           "task": f"{row['task']} {row['metric']}", "change": row["change (pts)"],
-                          "se": row["stderr (pts)"], "base": row["base"]})
+                          "se": row["stderr (pts)"], "base": row["base"],
+                          "base se": row["base stderr"]})
     if not lines:
         return []
     frame = pd.DataFrame(lines)
     out = []
     for model, group in frame.groupby("model", sort=False):
         stats = group.groupby(["task", "method"], sort=False).agg(
-            change=("change", "mean"), se=("se", "mean"), base=("base", "mean"))
+            change=("change", "mean"), se=("se", "mean"), base=("base", "mean"),
+            base_se=("base se", "mean"))
         table = stats["change"].unstack("method")
         half = (1.96 * stats["se"]).unstack("method")
         table = pd.concat({m: pd.DataFrame({m: table[m], m + CI: half[m]}) for m in table.columns},
                           axis=1).droplevel(0, axis=1)
-        table.insert(0, "base acc (%)", stats["base"].groupby("task", sort=False).mean())
+        by_task = stats.groupby("task", sort=False)
+        table.insert(0, "base acc (%)", by_task["base"].mean())
+        table.insert(1, "base acc (%)" + CI, 1.96 * by_task["base_se"].mean())
+        out.append((model, table))
+    return out
+
+
+def diagnostic_table(runs):
+    """Per model: the column-span diagnostic per method variant and matrix role
+    (``diagnostic_by_role``), mean over seeds; roles no run of the variant changed are left out."""
+    lines = []
+    for run in runs:
+        for role, row in diagnostic_by_role(run.rows).iterrows():
+            lines.append({"model": run.model, "method": run.variant, "role": role,
+                          "seed": run.seed, **row.to_dict()})
+    if not lines:
+        return []
+    frame = pd.DataFrame(lines)
+    numeric = ["matrices", "changed", "rank r", "update size", "outside col(W)", "random col",
+               "outside row(W)", "random row", "intruder dims", "k"]
+    frame[numeric] = frame[numeric].astype(float)
+    out = []
+    for model, group in frame.groupby("model", sort=False):
+        table = group.groupby(["method", "role"], sort=False).agg(
+            seeds=("seed", "nunique"), **{c: (c, "mean") for c in numeric},
+            **{"shape [out, in]": ("shape [out, in]", "first")})
+        table["update size"] *= 100
+        table = table.rename(columns={"update size": "update size (%)"})[
+            ["seeds", "matrices", "changed", "shape [out, in]", "rank r", "update size (%)",
+             "outside col(W)", "random col", "outside row(W)", "random row", "intruder dims", "k"]]
+        for col in ("matrices", "changed", "rank r", "intruder dims", "k"):
+            if table[col].notna().all() and (table[col] % 1 == 0).all():
+                table[col] = table[col].astype(int)   # counts print as counts
         out.append((model, table))
     return out
 
@@ -122,6 +168,7 @@ class Table:
     title: str
     note: str
     build: Callable[[list[Run]], list[tuple[str, pd.DataFrame]]]
+    missing: str = "no run has the rows this table needs"   # printed when ``build`` returns nothing
 
 
 TABLES: dict[str, Table] = {
@@ -143,8 +190,25 @@ TABLES: dict[str, Table] = {
         "nats per token", transfer_table),
     "downstream": Table(
         "Downstream accuracy change after the last stage",
-        "points vs the base model per lm-eval task; ± = 1.96 x lm-eval's standard error of the "
-        "difference (item sampling), averaged over seeds", downstream_table),
+        "points vs the base model per lm-eval task, each by its headline metric (acc_norm for "
+        "HellaSwag, ARC-Challenge, OpenBookQA, acc otherwise; eval.lm_eval.headline_metrics); "
+        "± = 1.96 x lm-eval's standard error, of the base score and of the difference (both "
+        "stages' errors combined as if independent, which over-states it for the same items), "
+        "averaged over seeds: it covers which of the task's items were drawn, not seeds or "
+        "training noise", downstream_table,
+        "no run ran lm-eval at both stage 0 and its last stage (eval.lm_eval.stages)"),
+    "diagnostic": Table(
+        "Column-span diagnostic per matrix role after the last stage",
+        "cumulative update dW vs the base weights W, over the matrices of each role the method "
+        "changed (mean over them and over seeds): update size = 100 |dW|/|W|; outside col(W) / "
+        "row(W) = fraction of the update's energy outside W's column / row span, beside a "
+        "random-direction update's (m - r)/m and (n - r)/n for W of shape [out m, in n] and rank "
+        "r: where that is 0 the span is the whole space and every method keeps it, so only the "
+        "other roles can tell methods apart; intruder dims = new directions among each matrix's "
+        "top k singular vectors (sum over the role); - = not recorded (runs before the baseline "
+        "rows)", diagnostic_table,
+        "no run recorded the column-span diagnostic, or none changed a measured matrix "
+        "(eval.diagnostics)"),
     "matched": Table(
         "Earlier-domain change at matched in-domain gain",
         "each method's front (earlier-domain change vs in-domain gain over its learning rates, "
@@ -187,8 +251,8 @@ def run_summary(run: Run) -> dict:
             "stages done": f"{len(run.loss_matrix) - 1}/{len(run.domains)}"}
     line.update(run_metrics(run))
     for _, row in downstream_changes(run).iterrows():
-        if row["metric"] == "acc":
-            line[f"{row['task']} acc change (pts)"] = row["change (pts)"]
+        if row["headline"]:
+            line[f"{row['task']} {row['metric']} change (pts)"] = row["change (pts)"]
     summary = diagnostic_summary(run.rows)
     line.update({k: summary[k] for k in DIAGNOSTIC_COLUMNS if k in summary})
     line["wall time (s)"] = sum(run.meta.get("stage_seconds", {}).values())

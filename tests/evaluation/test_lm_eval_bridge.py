@@ -149,7 +149,10 @@ def test_always_yes_model_scores_the_yes_fraction(tiny_model, tiny_tokenizer, no
     labels = [r["label"] for r in _task_rows("gb_boolq_mini")]
     (row,) = rows
     assert row["n"] == len(labels)
-    assert row["value"] == pytest.approx(sum(labels) / len(labels))
+    p, n = sum(labels) / len(labels), len(labels)
+    assert row["value"] == pytest.approx(p)
+    # the stderr is over the task's items: sample std of the 0/1 scores / sqrt(n)
+    assert row["stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)))
 
 
 def test_unknown_task_names_local_tasks(monkeypatch):

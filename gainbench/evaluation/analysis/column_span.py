@@ -44,6 +44,14 @@ Hence two measures that stay informative for full-rank matrices:
   there is no exact guarantee (``D W`` can rotate singular vectors when ``s`` varies strongly); it is an
   empirical measurement.
 
+What a residual is worth needs a baseline: an update whose directions are random (say Gaussian
+entries) has an expected fraction ``(m - r) / m`` of its energy outside an r-dimensional column
+subspace of R^m, and ``(n - r) / n`` outside an r-dimensional row subspace of R^n
+(:func:`random_residual`). A method's residual near that value says nothing of spans; below it, the
+update prefers W's subspace. The baseline is 0 where the span is the whole space (full-rank square
+W: both; a wide ``[out < in]`` full-rank W: the column side; a tall one: the row side), so only the
+other side of a non-square or rank-deficient W can tell methods apart.
+
 Cost: exact ``torch.linalg.svd`` (float32, on the tensor's device) when ``min(shape) <= exact_max_dim``;
 above it a seeded randomised ``torch.svd_lowrank`` of the top ``max_rank`` (or ``rank``) triplets,
 ``oversample`` extra columns, ``niter`` power iterations. The randomised path approximates the dominant
@@ -125,6 +133,20 @@ def _intruders(w1: Tensor, u0: Tensor, k: int, threshold: float, exact_max_dim: 
     return int((best < threshold).sum()), k
 
 
+def random_residual(dim: int, rank: int) -> float:
+    r"""Expected :func:`span_residual` of a random-direction update: ``(dim - rank) / dim``.
+
+    ``dim`` = m (out) for the column side, n (in) for the row side; ``rank`` = r, the dimension of
+    W0's reference subspace. For ``dW`` with i.i.d. Gaussian entries (or any distribution whose
+    columns, resp. rows, are rotation invariant, e.g. LoRA's ``B A`` with Gaussian B), each column
+    projects onto the r-dimensional subspace with energy ``chi^2_r`` out of ``chi^2_m``, so the
+    fraction outside is Beta((m - r) n / 2, r n / 2) distributed with mean exactly (m - r) / m.
+    """
+    if dim <= 0 or not 0 <= rank <= dim:
+        raise ValueError(f"need 0 <= rank <= dim and dim > 0, got rank={rank}, dim={dim}")
+    return (dim - rank) / dim
+
+
 def span_residual(W0: Tensor, W1: Tensor, rank: int | None = None, side: str = "column", *,
                   layout: str = "linear", rtol: float = RTOL, exact_max_dim: int = EXACT_MAX_DIM,
                   max_rank: int = MAX_RANK) -> float:
@@ -186,8 +208,11 @@ def diagnose(pretrained: dict[str, Tensor], updated: dict[str, Tensor],
 
     with m = ``span_residual_column`` / ``span_residual_row`` (see :func:`span_residual`; n = dimension r
     of W0's reference subspace), ``intruder_dims`` (see :func:`intruder_dimensions`; value = count, n = k
-    used), and ``update_rel_norm`` = ||W1 - W0||_F / ||W0||_F (n = r), to tell whether a residual belongs
-    to a non-negligible update. ``device``: where to compute (e.g. "cuda"); default: the tensor's own.
+    used), ``update_rel_norm`` = ||W1 - W0||_F / ||W0||_F (n = r), to tell whether a residual belongs
+    to a non-negligible update, and the random-direction baselines of the two residuals (see
+    :func:`random_residual`): ``span_residual_column_random`` = (m - r) / m with n = m (rows of W,
+    out) and ``span_residual_row_random`` = (n - r) / n with n = n (columns of W, in), which also
+    record W's [out, in] shape. ``device``: where to compute (e.g. "cuda"); default: the tensor's own.
     """
     layout = weight_layout or {}
     rows = []
@@ -206,7 +231,11 @@ def diagnose(pretrained: dict[str, Tensor], updated: dict[str, Tensor],
         for metric, value, n in (("span_residual_column", _residual(dw, u0, "column"), r),
                                  ("span_residual_row", _residual(dw, v0, "row"), r),
                                  ("intruder_dims", float(n_intr), k_used),
-                                 ("update_rel_norm", rel, r)):
+                                 ("update_rel_norm", rel, r),
+                                 ("span_residual_column_random", random_residual(w0.shape[0], r),
+                                  w0.shape[0]),
+                                 ("span_residual_row_random", random_residual(w0.shape[1], r),
+                                  w0.shape[1])):
             rows.append({"eval_kind": "diagnostic", "eval_name": name, "metric": metric,
                          "value": value, "n": n})
     return rows

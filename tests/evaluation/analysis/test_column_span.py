@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from gainbench.evaluation.analysis.column_span import diagnose, intruder_dimensions, span_residual
+from gainbench.evaluation.analysis.column_span import (diagnose, intruder_dimensions, random_residual,
+                                                       span_residual)
 
 TOL = 1e-5
 
@@ -75,7 +76,8 @@ def test_conv1d_layout_matches_transposed_linear(rank4):
     linear = diagnose({"m": w0}, {"m": w1})
     conv = diagnose({"m": w0.T}, {"m": w1.T}, {"m": "conv1d"})
     assert [r["metric"] for r in linear] == ["span_residual_column", "span_residual_row",
-                                             "intruder_dims", "update_rel_norm"]
+                                             "intruder_dims", "update_rel_norm",
+                                             "span_residual_column_random", "span_residual_row_random"]
     for a, b in zip(linear, conv):
         assert a["eval_kind"] == "diagnostic" and a["eval_name"] == "m" and a["n"] == b["n"]
         assert a["value"] == pytest.approx(b["value"], abs=TOL)
@@ -83,6 +85,32 @@ def test_conv1d_layout_matches_transposed_linear(rank4):
     assert by_metric["span_residual_column"]["n"] == 4          # numerical rank of W0
     assert span_residual(w0.T, w1.T, layout="conv1d", side="row") == pytest.approx(
         by_metric["span_residual_row"]["value"], abs=TOL)
+
+
+def test_random_direction_baseline_on_a_hand_made_matrix():
+    """W0 = [I_3 0; 0 0] padded to 6 x 10 (rank 3): a Gaussian update has on average (6-3)/6 of its
+    energy outside col(W0) and (10-3)/10 outside row(W0); diagnose records both with W0's shape."""
+    w0 = torch.zeros(6, 10, dtype=torch.float64)
+    w0[:3, :3] = torch.eye(3, dtype=torch.float64)
+    assert random_residual(6, 3) == 0.5 and random_residual(10, 3) == 0.7
+    assert random_residual(576, 192) == pytest.approx(0.6667, abs=1e-4)   # SmolLM2 v_proj rows
+    assert random_residual(8, 8) == 0.0      # full rank on that side: nothing can lie outside
+    g = _gen(5)
+    draws = [w0 + torch.randn(6, 10, generator=g, dtype=torch.float64) for _ in range(2000)]
+    for side, expected in (("column", 0.5), ("row", 0.7)):
+        mean = sum(span_residual(w0, w1, side=side) for w1 in draws) / len(draws)
+        assert mean == pytest.approx(expected, abs=0.01), side
+    rows = {r["metric"]: r for r in diagnose({"m": w0}, {"m": draws[0]})}
+    assert rows["span_residual_column_random"]["value"] == 0.5
+    assert rows["span_residual_column_random"]["n"] == 6     # out
+    assert rows["span_residual_row_random"]["value"] == pytest.approx(0.7)
+    assert rows["span_residual_row_random"]["n"] == 10       # in
+    assert rows["span_residual_column"]["n"] == 3            # rank
+    # the conv1d layout ([in, out]) gives the [out, in] shape too
+    conv = {r["metric"]: r for r in diagnose({"m": w0.T}, {"m": draws[0].T}, {"m": "conv1d"})}
+    assert conv["span_residual_column_random"]["n"] == 6 and conv["span_residual_row_random"]["n"] == 10
+    with pytest.raises(ValueError):
+        random_residual(4, 5)
 
 
 def test_randomised_path_agrees_with_exact():
