@@ -19,8 +19,7 @@ import pandas as pd
 
 from gainbench import metrics
 from gainbench.results.fronts import matched_comparison
-from gainbench.results.intervals import DocumentBootstrap, combine
-from gainbench.results.run_metrics import (RUN_METRICS, diagnostic_by_role, diagnostic_summary,
+from gainbench.results.run_metrics import (diagnostic_by_role, diagnostic_summary,
                                            downstream_changes, run_metrics)
 from gainbench.results.runs import Run, load_runs
 
@@ -33,9 +32,8 @@ def _index(runs: list[Run]) -> list[str]:
 
 
 def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
-    """Mean and 95% half-width of ``run_metrics`` per (model, variant), the interval over the
-    validation documents and the seeds (gainbench.results.intervals); ``seeds`` counts the
-    finished runs (an unfinished one is listed only in the ``runs`` table)."""
+    """Mean and 95% half-width over seeds of ``run_metrics`` per (model, variant); ``seeds``
+    counts the finished runs (an unfinished one is listed only in the ``runs`` table)."""
     lines = []
     for run in runs:
         line = {"model": run.model, "sequence": run.sequence, "method": run.variant,
@@ -47,14 +45,9 @@ def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
     out = []
     for key, group in frame.groupby(index, sort=False):
         line = dict(zip(index, key if isinstance(key, tuple) else (key,)))
-        finished = [runs[i] for i in group.index if runs[i].complete]
-        boot = DocumentBootstrap(finished)
-        line["seeds"] = len(finished)
         for name in names:
-            # the document replicates of the seed mean, when every run recorded its documents
-            reps = boot.replicates(RUN_METRICS[name]).mean(axis=1) if boot.available else None
-            interval = combine(group[name].to_numpy(), reps)
-            line[name], line[name + CI] = interval.estimate, interval.half_width
+            line[name], line[name + CI], line["seeds"] = metrics.mean_ci(group[name])
+        line = {**{k: line[k] for k in index}, "seeds": line.pop("seeds"), **line}
         out.append(line)
     return pd.DataFrame(out).set_index(index)
 
