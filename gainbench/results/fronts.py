@@ -1,14 +1,24 @@
 """Forgetting/adaptation fronts and the comparison of methods at matched in-domain gain.
 
-A method's *front* is its curve of earlier-domain change (y, %, negative = better) against
-in-domain gain (x = -mean in-domain dPPL%, positive = adapted) across its learning rates (or
-any other swept hyperparameter), each point the mean over seeds. Two methods are compared at
-the same x: each curve is interpolated linearly between its measured points, sorted by x, and
-never extrapolated; where the two x-ranges do not overlap there is no comparison.
+A method's *front*, for one seed, is its curve of earlier-domain change (y, %, negative = better)
+against in-domain gain (x = -mean in-domain dPPL%, positive = adapted) across its learning rates
+(or any other swept hyperparameter). Two methods are compared at a target gain: each seed's
+front is interpolated linearly at the target, strictly inside its measured range (a target at or
+beyond a front's last measured point is refused, with the reason: nothing is extrapolated), and
+the difference is the mean over seeds of A minus the mean over seeds of B.
 
-Uncertainty is a bootstrap over seeds: each replicate resamples, at every point of every curve,
-that point's seeds with replacement, rebuilds both curves and interpolates again at the same x.
-With three seeds per point the interval is itself rough; one seed gives none.
+Its interval (gainbench.results.intervals) covers
+
+* the validation documents: a paired bootstrap that resamples every domain's documents once per
+  replicate for every run of both methods, recomputes every point of every front and
+  interpolates again (so the interpolation moves with the points);
+* the seeds: whole fronts (a seed's points together), the differences paired by seed (a seed
+  only one method ran is left out), by Student-t;
+* the interpolation itself, as an allowance on each method's seed-mean front
+  (:func:`interpolation_allowance`): the gap between the straight segment and the parabola
+  through its ends and the next point, counted as one standard deviation (approximate: a
+  curvature estimate, not a bound). It is zero at a measured point, so points measured near the
+  target shrink it.
 """
 
 from __future__ import annotations
@@ -16,36 +26,86 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gainbench.results.runs import Run
+from gainbench import metrics
+from gainbench.results.intervals import DocumentBootstrap, combine
 from gainbench.results.run_metrics import run_metrics
+from gainbench.results.runs import Run
 
 REFERENCES = ("vs base", "vs just-trained")
+_REPLICATE_METRICS = {
+    "gain": lambda L: -metrics.in_domain_change(L).mean(axis=-1),
+    "vs base": lambda L: metrics.earlier_domain_change_vs_base(L).mean(axis=-1),
+    "vs just-trained": lambda L: metrics.earlier_domain_change_vs_trained(L).mean(axis=-1),
+}
 
 
-def front_points(runs: list[Run]) -> pd.DataFrame:
-    """One row per finished run: model, method, variant, seed, x (gain) and both y's."""
-    lines = []
+def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
+    """One row per finished run: model, method, variant, lr, seed, x (gain) and both y's; with
+    ``replicates``, also each run's values under the document bootstrap of its model's runs
+    (columns ``<name> reps``, an array each, or None when documents cannot be resampled)."""
+    lines, finished = [], []
     for run in runs:
         m = run_metrics(run)
         if np.isnan(m["in-domain dPPL%"]):
             continue
+        finished.append(run)
         lines.append({"model": run.model, "method": run.method, "variant": run.variant,
                       "lr": run.lr, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
-    return pd.DataFrame(lines, columns=["model", "method", "variant", "lr", "seed", "gain",
-                                        *REFERENCES])
+    points = pd.DataFrame(lines, columns=["model", "method", "variant", "lr", "seed", "gain",
+                                          *REFERENCES])
+    if replicates:
+        for name in _REPLICATE_METRICS:
+            points[f"{name} reps"] = None
+        for model in points["model"].unique():
+            where = np.flatnonzero(points["model"].to_numpy() == model)
+            boot = DocumentBootstrap([finished[i] for i in where])
+            points.loc[points.index[where], "documents"] = boot.reason or "resampled"
+            if boot.available:
+                for name, metric in _REPLICATE_METRICS.items():
+                    reps = boot.replicates(metric)
+                    for column, i in enumerate(where):
+                        points.at[points.index[i], f"{name} reps"] = reps[:, column]
+    return points
+
+
+def _curve(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's points sorted by x, points with equal x averaged."""
+    xs, inverse = np.unique(np.asarray(x, float), return_inverse=True)
+    return xs, np.bincount(inverse, weights=np.asarray(y, float)) / np.bincount(inverse)
 
 
 def interpolate(x: np.ndarray, y: np.ndarray, at: float) -> float:
-    """y at ``at`` along the piecewise-linear curve through (x, y) sorted by x; NaN outside
-    [min x, max x] (never extrapolated). Points with equal x are averaged first."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) == 0 or not (x.min() <= at <= x.max()):
+    """y at ``at`` along the piecewise-linear curve through (x, y) sorted by x; NaN unless
+    ``min x < at < max x``: never extrapolated, and not read at a front's first or last point
+    either, which moves with every resample of the documents."""
+    if len(x) == 0 or np.isnan(at):
         return float("nan")
-    xs, inverse = np.unique(x, return_inverse=True)
-    ys = np.bincount(inverse, weights=y) / np.bincount(inverse)
-    return float(np.interp(at, xs, ys))
+    xs, ys = _curve(x, y)
+    return float(np.interp(at, xs, ys)) if xs[0] < at < xs[-1] else float("nan")
+
+
+def interpolation_allowance(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    """How far the straight segment through ``at`` may be from the curve: the gap at ``at``
+    between it and the parabola through its two ends and the nearest point beyond them; with
+    only two points, ``|y_right - y_left| * min(t, 1 - t)`` (``t``: where ``at`` falls in the
+    segment). Zero at a measured point."""
+    xs, ys = _curve(x, y)
+    right = int(np.searchsorted(xs, at))
+    if right == 0 or right == len(xs) or np.isclose(xs[right], at):
+        return 0.0
+    left = right - 1
+    t = (at - xs[left]) / (xs[right] - xs[left])
+    linear = ys[left] + t * (ys[right] - ys[left])
+    beyond = [i for i in (left - 1, right + 1) if 0 <= i < len(xs)]
+    if not beyond:
+        return float(abs(ys[right] - ys[left]) * min(t, 1 - t))
+    third = min(beyond, key=lambda i: abs(xs[i] - at))
+    nodes = (left, right, third)
+    parabola = sum(ys[i] * np.prod([(at - xs[j]) / (xs[i] - xs[j]) for j in nodes if j != i])
+                   for i in nodes)
+    return float(abs(parabola - linear))
 
 
 def overlap(x_a, x_b) -> tuple[float, float] | None:
@@ -54,69 +114,88 @@ def overlap(x_a, x_b) -> tuple[float, float] | None:
     return (float(lo), float(hi)) if lo <= hi else None
 
 
-def _by_variant(points: pd.DataFrame, reference: str) -> list[np.ndarray]:
-    """Per variant (curve point), its seeds' (gain, y) as an ``[n_seeds, 2]`` array."""
-    return [group[["gain", reference]].to_numpy(float) for _, group in points.groupby("variant")]
+def _per_seed(points: pd.DataFrame, reference: str, at: float) -> tuple[dict, list]:
+    """Each seed's front at ``at`` (seed -> y), and the seeds whose front does not reach it."""
+    values, short = {}, []
+    for seed, front in points.groupby("seed"):
+        y = interpolate(front["gain"], front[reference], at)
+        if np.isnan(y):
+            short.append(f"seed {seed} spans {front['gain'].min():.2f} .. {front['gain'].max():.2f}%")
+        values[seed] = y
+    return values, short
 
 
-def _curve(groups: list[np.ndarray], rng: np.random.Generator | None = None):
-    """The curve's points (mean over seeds); with ``rng``, over seeds drawn with replacement."""
-    means = [g[rng.integers(0, len(g), len(g))].mean(axis=0) if rng is not None else g.mean(axis=0)
-             for g in groups]
-    means = np.array(means)
-    return means[:, 0], means[:, 1]
+def _replicates_at(points: pd.DataFrame, reference: str, at: float) -> np.ndarray | None:
+    """The seed-mean front value at ``at`` under each document replicate (NaN where a resampled
+    front no longer reaches it); None when the documents cannot be resampled."""
+    if f"{reference} reps" not in points or points[f"{reference} reps"].isna().any():
+        return None
+    per_seed = []
+    for _, front in points.groupby("seed"):
+        x = np.stack(front["gain reps"].to_list(), axis=1)    # [B, points]
+        y = np.stack(front[f"{reference} reps"].to_list(), axis=1)
+        per_seed.append([interpolate(xb, yb, at) for xb, yb in zip(x, y)])
+    return np.mean(per_seed, axis=0)
 
 
-MIN_VALID_REPLICATES = 0.8  # below this share, the fronts overlap too little to resample
-
-
-def compare_at(points_a: pd.DataFrame, points_b: pd.DataFrame, reference: str, at: float,
-               n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
-    """y_A(at) - y_B(at) with a bootstrap interval over seeds.
-
-    The bounds are NaN when any point of either curve has one seed, and when fewer than 80% of the replicates
-    still reach ``at`` (resampled seeds move a curve's ends; a comparison at the very edge of
-    a range is not resampled into an interval)."""
-    groups_a, groups_b = _by_variant(points_a, reference), _by_variant(points_b, reference)
-    a, b = interpolate(*_curve(groups_a), at), interpolate(*_curve(groups_b), at)
-    out = {"at gain": at, "A": a, "B": b, "A - B": a - b, "lo": np.nan, "hi": np.nan,
-           "replicates": 0}
-    # every point of both curves needs >= 2 seeds: a one-seed point has no spread to resample,
-    # and an interval from one side's noise alone would be too narrow
-    several = min(len(g) for g in groups_a + groups_b) > 1
-    if np.isnan(a - b) or not several:
+def compare_at(points_a: pd.DataFrame, points_b: pd.DataFrame, reference: str,
+               at: float) -> dict:
+    """y_A(at) - y_B(at), mean over seeds, with an interval over documents, seeds and the
+    interpolation (module docstring); ``reason`` says why a value or interval is missing."""
+    out = {"at gain": at, "A": np.nan, "B": np.nan, "A - B": np.nan, "lo": np.nan, "hi": np.nan,
+           "covers": "", "reason": ""}
+    if np.isnan(at):
+        out["reason"] = "the fronts' gain ranges do not overlap"
         return out
-    rng = np.random.default_rng(seed)
-    diffs = np.array([interpolate(*_curve(groups_a, rng), at) - interpolate(*_curve(groups_b, rng), at)
-                      for _ in range(n_boot)])
-    diffs = diffs[~np.isnan(diffs)]  # a replicate whose curve no longer reaches `at`
-    out["replicates"] = len(diffs)
-    if len(diffs) >= MIN_VALID_REPLICATES * n_boot:
-        tail = 100 * (1 - confidence) / 2
-        out["lo"], out["hi"] = np.percentile(diffs, [tail, 100 - tail])
+    a, short_a = _per_seed(points_a, reference, at)
+    b, short_b = _per_seed(points_b, reference, at)
+    if short_a or short_b:
+        out["reason"] = "; ".join([f"A does not reach {at:g}% ({', '.join(short_a)})"] * bool(short_a)
+                                  + [f"B does not reach {at:g}% ({', '.join(short_b)})"] * bool(short_b))
+        return out
+    seeds = sorted(set(a) & set(b))  # paired by seed; a seed only one method ran is left out
+    if not seeds:
+        out["reason"] = "the two methods share no seed"
+        return out
+    points_a, points_b = points_a[points_a["seed"].isin(seeds)], points_b[points_b["seed"].isin(seeds)]
+    out["A"], out["B"] = float(np.mean([a[s] for s in seeds])), float(np.mean([b[s] for s in seeds]))
+    differences = np.array([a[s] - b[s] for s in seeds])
+    reps_a, reps_b = _replicates_at(points_a, reference, at), _replicates_at(points_b, reference, at)
+    allowance = sum(interpolation_allowance(*_mean_front(p, reference), at) ** 2
+                    for p in (points_a, points_b))
+    interval = combine(differences,
+                       None if reps_a is None or reps_b is None else reps_a - reps_b,
+                       extra_variance=allowance, extra="interpolation (allowance)",
+                       doc_reason="runs without per-document rows")
+    out.update({"A - B": out["A"] - out["B"], "lo": interval.lo, "hi": interval.hi,
+                "covers": interval.covers, "reason": interval.reason})
     return out
+
+
+def _mean_front(points: pd.DataFrame, reference: str) -> tuple[np.ndarray, np.ndarray]:
+    means = points.groupby("variant")[["gain", reference]].mean()
+    return means["gain"].to_numpy(), means[reference].to_numpy()
 
 
 def verdict(row: dict) -> str:
     if np.isnan(row["A - B"]):
-        return "no comparison: gain ranges do not overlap"
+        return f"no comparison: {row['reason']}"
     if np.isnan(row["lo"]):
-        return ("no interval (one seed)" if row["replicates"] == 0 else
-                "no interval (the fronts barely overlap at this gain)")
+        return f"no interval ({row['reason']})"
     if row["lo"] > 0:
         return "A changes earlier domains more (worse)"
     if row["hi"] < 0:
         return "A changes earlier domains less (better)"
-    return "no clear difference (interval includes 0)"
+    return "no clear difference: the interval includes 0 (below the noise)"
 
 
 def matched_comparison(runs: list[Run], reference_method: str | None = None,
-                       at: float | None = None, n_boot: int = 2000) -> pd.DataFrame:
+                       at: float | None = None) -> pd.DataFrame:
     """Every method against ``reference_method`` (default: lora if present, else full_ft, else
     the first) at matched in-domain gain: at ``at`` if given, else at the middle of the two
     fronts' common gain range. Both earlier-domain references; one row per model x method x
     reference."""
-    points = front_points(runs)
+    points = front_points(runs, replicates=True)
     lines = []
     for model, per_model in points.groupby("model"):
         methods = list(dict.fromkeys(per_model["method"]))
@@ -131,7 +210,7 @@ def matched_comparison(runs: list[Run], reference_method: str | None = None,
             common = overlap(mine["gain"], ref_points["gain"])
             for reference in REFERENCES:
                 target = at if at is not None else (np.mean(common) if common else np.nan)
-                row = compare_at(mine, ref_points, reference, target, n_boot=n_boot)
+                row = compare_at(mine, ref_points, reference, target)
                 lines.append({"model": model, "method A": method, "method B": ref,
                               "earlier change": reference,
                               "common gain range": "-" if common is None

@@ -6,15 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gainbench.results.fronts import compare_at, interpolate, overlap, verdict
+from gainbench.results.fronts import compare_at, interpolate, interpolation_allowance, overlap, verdict
 
 
-def test_interpolate_is_linear_between_points_and_never_extrapolates():
+def test_interpolate_is_linear_inside_the_front_and_refuses_its_ends_and_beyond():
     x, y = [3.0, 1.0, 2.0], [30.0, 10.0, 20.0]  # unsorted on purpose
     assert interpolate(x, y, 1.5) == pytest.approx(15.0)
-    assert interpolate(x, y, 3.0) == pytest.approx(30.0)
-    assert math.isnan(interpolate(x, y, 3.01)) and math.isnan(interpolate(x, y, 0.99))
-    assert interpolate([1.0, 1.0, 2.0], [0.0, 2.0, 3.0], 1.0) == pytest.approx(1.0)  # ties averaged
+    assert interpolate(x, y, 2.0) == pytest.approx(20.0)  # an inner measured point
+    for outside in (3.0, 3.01, 1.0, 0.99):  # the last point moves with each resample: refused
+        assert math.isnan(interpolate(x, y, outside))
+    assert interpolate([1.0, 1.0, 2.0, 3.0], [0.0, 2.0, 3.0, 4.0], 1.5) == pytest.approx(2.0)  # ties averaged
+
+
+def test_the_interpolation_allowance_is_the_curvature_the_points_show():
+    xs = [1.0, 2.0, 3.0]
+    assert interpolation_allowance(xs, [1.0, 2.0, 3.0], 2.5) == pytest.approx(0.0)  # a line
+    assert interpolation_allowance(xs, [1.0, 4.0, 9.0], 2.0) == 0.0                # a measured point
+    # y = x^2: the chord from 2 to 3 at 2.5 is 6.5, the parabola 6.25
+    assert interpolation_allowance(xs, [1.0, 4.0, 9.0], 2.5) == pytest.approx(0.25)
+    assert interpolation_allowance([1.0, 2.0], [0.0, 4.0], 1.5) == pytest.approx(2.0)  # two points: half the rise
 
 
 def test_overlap_of_gain_ranges():
@@ -22,12 +32,13 @@ def test_overlap_of_gain_ranges():
     assert overlap([1, 2], [3, 4]) is None
 
 
-def _front(slope, offset, xs, seeds, noise=0.0):
-    """Points y = slope * x + offset at each x, one per seed, seed s shifted by noise * (s - mean)."""
+def _front(slope, offset, xs, seeds, noise=0.0, order=1):
+    """Points y = slope * x + offset at each x, one per seed, seed s shifted by
+    noise * order * (s - mean) (order -1 reverses which seed is high)."""
     rows = []
     for i, x in enumerate(xs):
         for s in range(seeds):
-            shift = noise * (s - (seeds - 1) / 2)
+            shift = noise * order * (s - (seeds - 1) / 2)
             rows.append({"variant": f"lr{i}", "seed": s, "gain": x,
                          "vs base": slope * x + offset + shift})
     return pd.DataFrame(rows)
@@ -35,21 +46,29 @@ def _front(slope, offset, xs, seeds, noise=0.0):
 
 def test_matched_difference_and_a_bootstrap_interval_that_excludes_zero():
     a = _front(0.5, 0.0, [1.0, 2.0, 3.0], seeds=3, noise=0.1)
-    b = _front(1.0, 1.0, [2.0, 3.0, 4.0], seeds=3, noise=0.1)
-    row = compare_at(a, b, "vs base", at=2.5, n_boot=500)
+    b = _front(1.0, 1.0, [2.0, 3.0, 4.0], seeds=3, noise=0.1, order=-1)
+    row = compare_at(a, b, "vs base", at=2.5)
     assert row["A"] == pytest.approx(1.25) and row["B"] == pytest.approx(3.5)
     assert row["A - B"] == pytest.approx(-2.25)
-    # seed noise of +-0.1 cannot close a gap of 2.25
-    assert -2.6 < row["lo"] < row["A - B"] < row["hi"] < -1.9
+    # seed noise of +-0.2 in the paired differences cannot close a gap of 2.25 (t with 2 df)
+    assert -3.3 < row["lo"] < row["A - B"] < row["hi"] < -1.2
+    assert row["covers"] == "3 seeds (Student-t)"  # no per-document rows in these points
     assert verdict(row) == "A changes earlier domains less (better)"
+
+
+def test_seeds_move_together_when_paired():
+    a = _front(0.5, 0.0, [1.0, 2.0, 3.0], seeds=3, noise=1.0)
+    b = _front(1.0, 1.0, [1.0, 2.0, 3.0], seeds=3, noise=1.0)  # the same shift per seed
+    row = compare_at(a, b, "vs base", at=1.5)
+    assert row["lo"] == pytest.approx(row["hi"])  # a shared seed effect cancels exactly
 
 
 def test_a_difference_inside_the_seed_noise_is_no_winner():
     a = _front(1.0, 0.0, [1.0, 2.0], seeds=3, noise=2.0)
-    b = _front(1.0, 0.05, [1.0, 2.0], seeds=3, noise=2.0)
-    row = compare_at(a, b, "vs base", at=1.5, n_boot=500)
+    b = _front(1.0, 0.05, [1.0, 2.0], seeds=3, noise=2.0, order=-1)
+    row = compare_at(a, b, "vs base", at=1.5)
     assert row["lo"] < 0 < row["hi"]
-    assert verdict(row) == "no clear difference (interval includes 0)"
+    assert verdict(row) == "no clear difference: the interval includes 0 (below the noise)"
 
 
 def test_no_overlap_in_gain_means_no_comparison():
@@ -64,4 +83,12 @@ def test_one_seed_gives_a_difference_but_no_interval():
     b = _front(2.0, 0.0, [1.0, 2.0], seeds=1)
     row = compare_at(a, b, "vs base", at=1.5)
     assert row["A - B"] == pytest.approx(-1.5) and np.isnan(row["lo"])
-    assert verdict(row) == "no interval (one seed)"
+    assert verdict(row) == "no interval (one seed and runs without per-document rows)"
+
+
+def test_a_target_at_a_front_s_last_point_is_refused_with_the_reason():
+    a = _front(1.0, 0.0, [1.0, 2.0], seeds=2)
+    b = _front(1.0, 0.0, [1.0, 3.0], seeds=2)
+    row = compare_at(a, b, "vs base", at=2.0)
+    assert np.isnan(row["A - B"])
+    assert verdict(row) == "no comparison: A does not reach 2% (seed 0 spans 1.00 .. 2.00%, seed 1 spans 1.00 .. 2.00%)"
