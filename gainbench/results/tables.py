@@ -19,11 +19,16 @@ import pandas as pd
 
 from gainbench import metrics
 from gainbench.results.fronts import matched_comparison
-from gainbench.results.run_metrics import (diagnostic_by_role, diagnostic_summary,
+from gainbench.results.intervals import DocumentBootstrap, combine
+from gainbench.results.run_metrics import (RUN_METRICS, diagnostic_by_role, diagnostic_summary,
                                            downstream_changes, run_metrics)
 from gainbench.results.runs import Run, load_runs
 
 CI = " ±"  # suffix of a column holding the 95% half-width of the column it follows
+# What the ± of the per-method tables covers (gainbench/results/intervals.py).
+COVERS = ("; ± = 95% interval over the validation documents (paired bootstrap) and the seeds "
+          "(Student-t) when every run records per-document NLL, over the seeds alone when not "
+          "(runs made before gainbench recorded documents), none for one seed")
 
 
 def _index(runs: list[Run]) -> list[str]:
@@ -32,8 +37,9 @@ def _index(runs: list[Run]) -> list[str]:
 
 
 def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
-    """Mean and 95% half-width over seeds of ``run_metrics`` per (model, variant); ``seeds``
-    counts the finished runs (an unfinished one is listed only in the ``runs`` table)."""
+    """Mean and 95% half-width of ``run_metrics`` per (model, variant), the interval over the
+    validation documents and the seeds (gainbench.results.intervals); ``seeds`` counts the
+    finished runs (an unfinished one is listed only in the ``runs`` table)."""
     lines = []
     for run in runs:
         line = {"model": run.model, "sequence": run.sequence, "method": run.variant,
@@ -45,9 +51,14 @@ def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
     out = []
     for key, group in frame.groupby(index, sort=False):
         line = dict(zip(index, key if isinstance(key, tuple) else (key,)))
+        finished = [runs[i] for i in group.index if runs[i].complete]
+        boot = DocumentBootstrap(finished)
+        line["seeds"] = len(finished)
         for name in names:
-            line[name], line[name + CI], line["seeds"] = metrics.mean_ci(group[name])
-        line = {**{k: line[k] for k in index}, "seeds": line.pop("seeds"), **line}
+            # the document replicates of the seed mean, when every run recorded its documents
+            reps = boot.replicates(RUN_METRICS[name]).mean(axis=1) if boot.available else None
+            interval = combine(group[name].to_numpy(), reps)
+            line[name], line[name + CI] = interval.estimate, interval.half_width
         out.append(line)
     return pd.DataFrame(out).set_index(index)
 
@@ -170,17 +181,18 @@ TABLES: dict[str, Table] = {
     "adaptation": Table(
         "In-domain adaptation",
         "dPPL% of each stage on its own domain, mean over the stages (negative = adapted); "
-        "final PPL = geometric mean over all domains after the last stage", adaptation_table),
+        "final PPL = geometric mean over all domains after the last stage" + COVERS,
+        adaptation_table),
     "earlier": Table(
         "Earlier domains after the last stage",
         "mean over domains 1..T-1 of the final PPL change, against the base model and against "
-        "right after the domain was trained (negative = better, positive = forgot)",
+        "right after the domain was trained (negative = better, positive = forgot)" + COVERS,
         earlier_domains_table),
     "transfer": Table(
         "Backward / forward transfer and forgetting",
         "BWT < 0 = forgetting; FWT > 0 = earlier stages helped later domains; forgetting "
         "(Chaudhry) > 0 = final loss above the best the domain ever had, < 0 = still improving; "
-        "nats per token", transfer_table),
+        "nats per token" + COVERS, transfer_table),
     "downstream": Table(
         "Downstream accuracy change after the last stage",
         "points vs the base model per lm-eval task, each by its headline metric (acc_norm for "
@@ -204,10 +216,12 @@ TABLES: dict[str, Table] = {
         "(eval.diagnostics)"),
     "matched": Table(
         "Earlier-domain change at matched in-domain gain",
-        "each method's front (earlier-domain change vs in-domain gain over its learning rates, "
-        "mean over seeds) interpolated at the middle of its common gain range with method B, "
-        "never extrapolated; A - B < 0 = A keeps earlier domains better; lo/hi = 95% bootstrap "
-        "interval over seeds (gainbench/results/fronts.py)", matched_table),
+        "each seed's front (earlier-domain change vs in-domain gain over its learning rates) "
+        "interpolated at the target gain (default: the middle of the common gain range with "
+        "method B) strictly inside its measured points, never extrapolated; A - B (mean over "
+        "the seeds both ran) < 0 = A keeps earlier domains better; lo/hi = 95% interval over "
+        "what the 'covers' column names: validation documents (paired bootstrap), seeds "
+        "(Student-t) and an interpolation allowance (gainbench/results/fronts.py)", matched_table),
     "ppl_matrix": Table("Validation perplexity per run",
                         "rows: after stage k (0 = base), columns: domains", ppl_matrix_tables),
     "runs": Table("Every run", "one line per run folder", runs_table),
