@@ -138,7 +138,7 @@ def test_a_distributed_strategy_without_a_launcher_is_refused_before_any_folder(
 @pytest.mark.parametrize("overrides, problem", [
     (["method=dora"], "method 'dora' needs whole weight matrices"),
     (["method=ia3"], "method 'ia3' needs whole weight matrices"),
-    (["analysis=figures"], "analysis=figures runs in one process"),
+    (["analysis=figures", "analysis.per_token.domains=[kjv_bible]"], "analysis=figures runs in one process"),
 ])
 def test_what_needs_whole_weights_is_refused_with_sharded_weights_before_any_folder(
         tmp_path, overrides, problem):
