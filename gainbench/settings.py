@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gainbench.config.schema import (AnalysisSettings, DiagnosticSettings, GainbenchConfig,
                                      LmEvalSettings, TrainSettings, dump, read_config, run_id)
-from gainbench.data.domains import DomainSpec
+from gainbench.data.domains import DataRules, DomainSpec
 from gainbench.errors import GainbenchError
 from gainbench.models import ModelSpec
 
@@ -42,6 +42,7 @@ class RunSettings:
     lm_eval: LmEvalSettings
     diagnostics: DiagnosticSettings
     analysis: AnalysisSettings
+    data_rules: DataRules     # how each domain's text becomes blocks (prepare_domain's rules)
     resolved_config: dict     # every setting, defaults filled in (run.json's "config")
     # where results go and how they are shown (not part of the run id)
     results_dir: str = "runs"
@@ -67,8 +68,9 @@ def to_container(cfg) -> dict:
 
 
 def run_id_for(config: dict) -> str:
-    """The run id of a plain config dict (e.g. a run.json's ``config``)."""
-    return run_id(read_config(config))
+    """The run id of a config a run recorded (run.json's ``config``): a key it lacks was added
+    after the run, which ran as that key's neutral value says."""
+    return run_id(read_config(config, stored=True))
 
 
 def settings_from_config(cfg) -> RunSettings:
@@ -92,6 +94,11 @@ def settings_from_config(cfg) -> RunSettings:
         lm_eval=evaluation.lm_eval,
         diagnostics=evaluation.diagnostics,
         analysis=config.analysis,
+        data_rules=DataRules(val_doc_tokens=evaluation.val_doc_tokens,
+                             val_min_documents=evaluation.val_min_documents,
+                             pool_factor=train.pool_factor,
+                             dedup_words=evaluation.val_dedup.shingle_words,
+                             dedup_max_containment=evaluation.val_dedup.max_containment),
         resolved_config=dump(config),
         results_dir=config.results_dir,
         device=config.device,

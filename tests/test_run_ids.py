@@ -32,6 +32,16 @@ def test_how_a_step_is_computed_leaves_the_run_id_alone(execution, smoke_id):
 @pytest.mark.parametrize("numbers", [
     "train.precision=bf16",   # another training run, close to fp32
     "eval.stride=16",         # other perplexities: every token scored, with more context
+    "train.pool_factor=2",    # another pool for a seed to draw each stage's text from
+    "eval.val_doc_tokens=32",                 # another validation set: more, shorter documents
+    "eval.val_doc_tokens=null",               # whole documents
+    "eval.val_dedup.max_containment=0.5",     # fewer training documents screened out
+    "eval.val_dedup.shingle_words=8",
 ])
 def test_what_changes_the_numbers_changes_the_run_id(numbers, smoke_id):
     assert _run_id(numbers) != smoke_id
+
+
+def test_the_minimum_of_validation_documents_is_part_of_the_run_id(smoke_id):
+    # it only refuses data, yet a run that passed with 4 documents is not one that needs 16
+    assert _run_id("eval.val_min_documents=4") != smoke_id

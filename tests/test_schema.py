@@ -159,9 +159,21 @@ def test_the_schema_modules_import_neither_hydra_nor_omegaconf():
 
 # --- run ids ----------------------------------------------------------------------------------
 
-def test_the_smoke_run_id_is_the_one_it_always_was():
+# Issue 15's data settings (validation from many capped documents, a training pool per domain,
+# the near-duplicate screen, python_docs' larger validation split) changed what every default run
+# measures, so default ids moved once, by the new fields' non-neutral defaults (no schema version
+# bump: at their neutral values the new fields pack exactly as before). These overrides restore
+# what runs measured before them.
+BEFORE_DATA_SETTINGS = ["eval.val_doc_tokens=null", "eval.val_min_documents=1",
+                        "train.pool_factor=1", "eval.val_dedup.max_containment=null",
+                        "sequence.domains.python_docs.validation_percent=10.0"]
+
+
+def test_the_smoke_run_id_is_pinned_and_the_old_one_is_the_data_settings_before():
     assert (settings_from_config(compose_config(["experiment=smoke"])).run_id
-            == "tiny-llama-gain_ffn-embedded8-seed0-aa6a7051")
+            == "tiny-llama-gain_ffn-embedded8-seed0-297b8629")
+    assert (settings_from_config(compose_config(["experiment=smoke", *BEFORE_DATA_SETTINGS])).run_id
+            == "tiny-llama-gain_ffn-embedded8-seed0-aa6a7051")   # the id it had before
 
 
 def test_there_are_committed_runs_to_check():
@@ -216,13 +228,49 @@ def _command_of(config: dict) -> list[str]:
     return groups + [f"{k}={_hydra_value(v)}" for k, v in stored.items() if composed[k] != v]
 
 
+def _neutral_leaves(cls, config: dict, prefix: str = ""):
+    """``(path, value)`` of every neutral value the schema declares below ``cls``, one per leaf
+    (a nested settings group's neutral value is spelled out key by key; a table's, for each
+    entry ``config`` has)."""
+    for f in config_fields(cls):
+        path, nested = f"{prefix}{f.name}", _nested_class(cls, f.name)
+        if "neutral" in f.metadata:
+            neutral = dump(f.metadata["neutral"])
+            yield from (_flatten(neutral, f"{path}.").items() if isinstance(neutral, dict) and neutral
+                        else [(path, neutral)])
+        elif nested is DomainSpec:
+            for name, entry in config.get(f.name, {}).items():
+                yield from _neutral_leaves(DomainSpec, entry, f"{path}.{name}.")
+        elif nested is not None:
+            yield from _neutral_leaves(nested, config.get(f.name, {}), f"{path}.")
+
+
+def _settings_before(config: dict, command: list[str]) -> list[str]:
+    """Overrides giving each setting a recorded config lacks the neutral value the run had (a
+    key added after the run: run_id_for reads the stored config the same way), where ``command``
+    composes another value."""
+    stored, composed = _flatten(config), _flatten(to_container(compose_config(command)))
+    return [f"{path}={_hydra_value(value)}" for path, value in _neutral_leaves(GainbenchConfig, config)
+            if path not in stored and composed.get(path) != value]
+
+
 @pytest.mark.parametrize("run_dir", COMMITTED_RUNS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_a_committed_run_is_found_again_by_its_own_command(run_dir):
+    """A run made with today's defaults is found by its plain command. A run made before a
+    setting with a non-neutral default existed (issue 15's data settings) measured something
+    today's defaults no longer compose, so no plain command can find it: it is found by its
+    command plus the settings it ran with, the neutral values of the keys its config lacks and
+    python_docs' old validation split, and by nothing more."""
     meta = json.loads((run_dir / "run.json").read_text())
-    overrides = _command_of(meta["config"])
+    command = _command_of(meta["config"])
+    before = _settings_before(meta["config"], command)
+    overrides = command + before
+    allowed = {"model", "method", "sequence", "eval", "analysis", "experiment", "seed", "lr_scale",
+               "results_dir"}
+    if before:
+        allowed |= {o.split("=")[0] for o in before}
     # the command is the groups, the seed, lr_scale and the results folder: nothing else differs
-    assert {o.split("=")[0] for o in overrides} <= {"model", "method", "sequence", "eval", "analysis",
-                                                    "experiment", "seed", "lr_scale", "results_dir"}
+    assert {o.split("=")[0] for o in overrides} <= allowed
     assert settings_from_config(compose_config(overrides)).run_id == run_dir.name
 
 
@@ -240,7 +288,24 @@ def test_a_field_added_after_version_1_moves_the_id_only_away_from_its_neutral_v
                     ["method.options.absorb_each_stage=true"], ["model.trust_remote_code=false"],
                     ["sequence.domains.kjv_bible.train_tokens=null"], ["lr_scale=null"]):
         assert settings_from_config(compose_config(["experiment=smoke", *neutral])).run_id == base
+    # a new field at a non-neutral default is in the id; at its neutral value it leaves it
+    before = settings_from_config(compose_config(["experiment=smoke", *BEFORE_DATA_SETTINGS])).run_id
+    for field in BEFORE_DATA_SETTINGS[:4]:
+        rest = [o for o in BEFORE_DATA_SETTINGS if o != field]
+        assert settings_from_config(compose_config(["experiment=smoke", *rest])).run_id != before
     assert schema.SCHEMA_VERSION == 1
+
+
+def test_a_recorded_config_without_a_new_key_reads_as_its_neutral_value():
+    settings = settings_from_config(compose_config(["experiment=smoke"]))
+    recorded = json.loads(json.dumps(settings.resolved_config))
+    del recorded["eval"]["val_doc_tokens"], recorded["train"]["pool_factor"]
+    del recorded["eval"]["val_min_documents"], recorded["eval"]["val_dedup"]
+    old = read_config(recorded, stored=True)
+    assert (old.eval.val_doc_tokens, old.eval.val_min_documents, old.train.pool_factor,
+            old.eval.val_dedup.max_containment) == (None, 1, 1, None)
+    assert read_config(recorded).eval.val_doc_tokens == 64   # a composed config takes the default
+    assert run_id_for(recorded) == run_id(old) != settings.run_id
 
 
 # --- strict inputs: one line, before anything is loaded or written ----------------------------

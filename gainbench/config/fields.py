@@ -80,11 +80,15 @@ def unknown_key(path: str, known: list[str]) -> GainbenchError:
 
 # --- reading a plain dict (the resolved Hydra config) into typed settings ---------------------
 
-def parse(cls, data, path: str, **extra):
+def parse(cls, data, path: str, stored: bool = False, **extra):
     """``cls`` built from the plain mapping ``data`` found at config ``path``: unknown keys,
     missing required keys and values of the wrong type are one-line GainbenchErrors; then the
     declared ranges and choices are checked (:func:`check_fields`). ``extra`` sets fields that do
-    not come from the mapping (a table entry's key)."""
+    not come from the mapping (a table entry's key).
+
+    A key ``data`` lacks takes the field's default, or, with ``stored=True`` (a config a run
+    recorded), its declared ``neutral`` value where it has one: a recorded config without the key
+    was made before the key existed, so it ran as the neutral value says."""
     if not isinstance(data, Mapping):
         raise GainbenchError(f"{path or 'the config'} must be a mapping of keys to values, got "
                              f"{data!r}; fix {path or 'the config'}")
@@ -96,7 +100,9 @@ def parse(cls, data, path: str, **extra):
     for f in config_fields(cls):
         where = f"{path}.{f.name}" if path else f.name
         if f.name in data:
-            values[f.name] = convert(data[f.name], _hints(cls)[f.name], where)
+            values[f.name] = convert(data[f.name], _hints(cls)[f.name], where, stored)
+        elif stored and "neutral" in f.metadata:
+            values[f.name] = f.metadata["neutral"]
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise GainbenchError(f"config value {where} must be set, e.g. "
                                  f"`python -m gainbench ... {where}=<value>`")
@@ -105,7 +111,7 @@ def parse(cls, data, path: str, **extra):
     return obj
 
 
-def convert(value, hint, path: str):
+def convert(value, hint, path: str, stored: bool = False):
     """``value`` as type ``hint``: a number stays as written (an int given for a float field is
     kept, so its run id is the one it always had), lists become tuples, nested settings are
     parsed; anything else of the wrong type is refused."""
@@ -116,14 +122,14 @@ def convert(value, hint, path: str):
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return convert(value, arg, path)
+                return convert(value, arg, path, stored)
             except GainbenchError as err:
                 errors.append(str(err))
         raise GainbenchError(errors[0] if len(errors) == 1 else
                              f"{path} must be {_or_list(_describe(a) for a in args)}, got "
                              f"{value!r}; fix {path}")
     if dataclasses.is_dataclass(hint):
-        return parse(hint, value, path)
+        return parse(hint, value, path, stored)
     if hint is bool:
         if not isinstance(value, bool):
             raise GainbenchError(f"{path} must be true or false, got {value!r}; set {path}=true "
@@ -150,7 +156,8 @@ def convert(value, hint, path: str):
         if not isinstance(value, Mapping):
             raise GainbenchError(f"{path} must be a mapping, got {value!r}; fix {path}")
         if origin is dict and dataclasses.is_dataclass(args[1]):  # a table: key -> entry
-            return {str(k): parse(args[1], v, f"{path}.{k}", name=str(k)) for k, v in value.items()}
+            return {str(k): parse(args[1], v, f"{path}.{k}", stored, name=str(k))
+                    for k, v in value.items()}
         return _plain(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

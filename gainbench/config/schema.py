@@ -34,6 +34,30 @@ Schema version 1
     id before the schema. Version 1 adds nothing to the hashed payload; a later version that
     changes what an existing field means adds ``schema_version`` to it, moving every id once.
 
+Validation sets, training pools and clean splits (issue 15)
+    ``eval.val_doc_tokens`` (64) keeps the first 64 tokens of each validation document, in the
+    split's hash order, so ``eval.val_tokens`` (1024, what the embedded default's ~10-minute
+    budget scores after each of its 9 stages) come from 16 documents per domain instead of 1-11
+    (kjv_bible 2 chapters, python_code 1 file): the noise a document carries can be resampled,
+    and 64 tokens still hold a sentence or two of each (a Wikipedia summary's median is ~110
+    SmolLM2 tokens, a Bible chapter's ~820, a networkx file's ~2,100). Fewer, longer slices
+    would leave too few documents to bootstrap; shorter ones score mostly openings.
+    ``eval.val_min_documents`` (16, what 1024 tokens hold at 64 per document) refuses a
+    validation set from fewer documents (a larger cap, whole documents, a domain with few of
+    them; python_docs' 79 topics take validation_percent 35 to reach it); a budget too small to
+    hold that many capped documents (a test's 256 tokens) needs as many as it holds.
+    ``train.pool_factor`` (4) packs up to four stage budgets of each domain's training text, and
+    each stage draws its budget from that pool with the stage's seed
+    (``DomainData.stage_blocks``): two seeds share about a quarter of their text, so a seed
+    changes which text trains, not only its order. ``eval.val_dedup`` drops training documents
+    that hold 15% or more of a validation document's 12-word runs (gainbench/data/dedup.py: on
+    embedded8, 22 of ~14,600 training documents, from pydoc's ``specialnames`` holding all of
+    ``attribute-access`` to ``sparse6.py`` holding 17% of ``graph6.py``).
+    At their neutral values (null, 1, 1, no screen) these pack exactly as runs did before them,
+    so they need no schema version: their non-neutral defaults move default ids by themselves,
+    and :func:`read_config` with ``stored=True`` reads a recorded config that lacks them (a run
+    made before them) at those neutral values, so every committed run keeps its id.
+
 Learning-rate bound
     ``train.lr`` must be > 0 and small enough for torch's AdamW step, which computes in fp32
     whatever the weights' dtype: its first step size is ``lr / (1 - beta1)`` and its decay factor
@@ -75,6 +99,9 @@ class TrainSettings:
     seq_len: int = setting(256, min=2, doc="tokens per packed block, train and validation")
     batch_size: int = setting(4, min=1, doc="blocks per optimiser step (the global batch)")
     tokens_per_stage: int = setting(8192, doc="train tokens per stage, at least one step's worth")
+    pool_factor: int = setting(4, min=1, neutral=1,
+                               doc="each domain's training pool: up to this many stage budgets of text; "
+                                   "a seed draws a stage's blocks from it")
     weight_decay: float = setting(0.0, min=0, doc="never applied to GAIN/(IA)^3 scales")
     schedule: str = setting("cosine", choices=SCHEDULES, doc="transformers scheduler name")
     warmup_fraction: float = setting(0.1, min=0, max=1, doc="of the stage's steps")
@@ -166,10 +193,27 @@ class DiagnosticSettings:
 
 
 @dataclass(frozen=True)
+class DedupSettings:
+    """``eval.val_dedup``: the near-duplicate screen (gainbench/data/dedup.py). A training
+    document holding ``max_containment`` or more of a validation document's ``shingle_words``-word
+    runs is dropped before packing; run.json's domains.<name>.near_duplicates counts them."""
+
+    shingle_words: int = setting(12, min=1, doc="words per shingle")
+    max_containment: float | None = setting(0.15, positive=True, max=1,
+                                            doc="share of a validation document; null = no screen")
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """``eval:``: what is evaluated after every stage (configs/eval/default.yaml)."""
 
     val_tokens: int = setting(1024, doc="validation tokens per domain, the same at every stage")
+    val_doc_tokens: int | None = setting(64, min=1, neutral=None,
+                                         doc="the first N tokens of each validation document; null = all")
+    val_min_documents: int = setting(16, min=1, neutral=1,
+                                     doc="a domain's validation tokens come from at least this many documents")
+    val_dedup: DedupSettings = setting(factory=DedupSettings,
+                                       neutral=DedupSettings(max_containment=None))
     batch_size: int = setting(8, min=1, doc="validation blocks per forward pass")
     stride: int | None = setting(None, min=1, neutral=None,
                                  doc="null: whole blocks; N: sliding window of seq_len, N new tokens each")
@@ -294,10 +338,12 @@ class GainbenchConfig:
         check_across_groups(self)
 
 
-def read_config(config: dict) -> GainbenchConfig:
-    """The typed config of a plain (resolved) config dict, or a one-line GainbenchError."""
+def read_config(config: dict, stored: bool = False) -> GainbenchConfig:
+    """The typed config of a plain (resolved) config dict, or a one-line GainbenchError.
+    ``stored=True``: a config a run recorded (run.json), whose missing keys predate it and so
+    read as their neutral values."""
     refuse_secrets(config)
-    return parse(GainbenchConfig, config, "")
+    return parse(GainbenchConfig, config, "", stored)
 
 
 def check_override_path(path: str) -> None:

@@ -1,10 +1,11 @@
 """On-disk cache of tokenised, packed domains: a second run of the same sequence tokenises nothing.
 
-One entry per (tokenizer, domain, block length, budgets): a safetensors file under
-``cache_dir()/"tokenized"`` (``$GAINBENCH_CACHE/tokenized``) holding the train and validation
-blocks (int32 on disk, int64 in memory: the same ids) and, as metadata, everything else
-:class:`~gainbench.data.domains.DomainData` needs (validation bytes, document counts), so a
-run's rows and ``run.json`` are identical with and without the cache.
+One entry per (tokenizer, domain, block length, budgets, packing rules): a safetensors file
+under ``cache_dir()/"tokenized"`` (``$GAINBENCH_CACHE/tokenized``) holding the train pool, the
+validation blocks and the validation tokens' document index (int32 on disk, int64 in memory: the
+same ids) and, as metadata, everything else :class:`~gainbench.data.domains.DomainData` needs
+(validation bytes, document counts and ids, the training documents the near-duplicate screen
+dropped), so a run's rows and ``run.json`` are identical with and without the cache.
 
 The key is a SHA-256 of:
 
@@ -16,7 +17,8 @@ The key is a SHA-256 of:
   not cached.
 * the domain: its source options, ``min_chars``, ``validation_percent``, and a hash of its
   documents' ids and texts, so an edited local file behind the same glob is tokenised again;
-* the block length and the domain's train and validation token budgets.
+* the block length, the domain's train pool and validation token budgets, and the packing
+  rules that change the blocks (validation tokens per document, the near-duplicate screen).
 
 Writes go to a temporary file in the same folder and are renamed into place (``os.replace``):
 concurrent jobs see a whole entry or none. An entry that cannot be read counts as absent and
@@ -34,7 +36,7 @@ import os
 import sys
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,7 +44,8 @@ import torch
 from gainbench.paths import cache_dir
 
 ENV_SWITCH = "GAINBENCH_TOKEN_CACHE"
-FORMAT = 1  # bump when the entry layout or the packing changes: old entries are then ignored
+FORMAT = 2  # bump when the entry layout or the packing changes: old entries are then ignored
+# 2: the validation document index and ids, the pool, the near-duplicate screen's drops
 
 _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -57,6 +60,9 @@ class PackedDomain:
     val_stream_bytes: int
     train_documents: int
     val_documents: int
+    val_doc_index: torch.Tensor          # val_blocks' shape: index into val_doc_ids
+    val_doc_ids: tuple[str, ...]         # the validation documents that gave tokens, in order
+    dropped: list = field(default_factory=list)  # (train id, val id, containment) screened out
 
 
 def enabled() -> bool:
@@ -113,8 +119,9 @@ def documents_fingerprint(train_docs, val_docs) -> str:
 
 
 def entry_key(tokenizer, spec, train_docs, val_docs, block_len: int, train_tokens: int,
-              val_tokens: int) -> str | None:
-    """The entry's name, or None when this tokenizer is not cacheable."""
+              val_tokens: int, packing: dict | None = None) -> str | None:
+    """The entry's name, or None when this tokenizer is not cacheable. ``train_tokens`` is the
+    pool's budget; ``packing``, the rules that change the blocks (plain JSON values)."""
     tokenizer_id = tokenizer_fingerprint(tokenizer)
     if tokenizer_id is None:
         return None
@@ -124,6 +131,7 @@ def entry_key(tokenizer, spec, train_docs, val_docs, block_len: int, train_token
                    "validation_percent": spec.validation_percent},
         "documents": documents_fingerprint(train_docs, val_docs),
         "block_len": block_len, "train_tokens": train_tokens, "val_tokens": val_tokens,
+        "packing": packing or {},
     }
     return _sha256(json.dumps(identity, sort_keys=True, default=str))
 
@@ -138,12 +146,16 @@ def load(key: str) -> PackedDomain | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["gainbench"])
+            if meta.get("format") != FORMAT:
+                return None
             train, val = f.get_tensor("train"), f.get_tensor("val")
-        if meta.get("format") != FORMAT:
-            return None
+            val_doc_index = f.get_tensor("val_doc_index")
+        if val_doc_index.shape != val.shape:
+            raise ValueError("validation document index does not match the blocks")
         return PackedDomain(train.long(), val.long(), int(meta["val_bytes"]),
                             int(meta["val_stream_bytes"]), int(meta["train_documents"]),
-                            int(meta["val_documents"]))
+                            int(meta["val_documents"]), val_doc_index.long(),
+                            tuple(meta["val_doc_ids"]), [tuple(d) for d in meta["dropped"]])
     except Exception as err:  # noqa: BLE001 - any damage means "not cached"; it is rewritten
         print(f"gainbench: ignoring unreadable token cache entry {path} ({type(err).__name__})",
               file=sys.stderr)
@@ -157,8 +169,10 @@ def store(key: str, packed: PackedDomain, about: dict) -> None:
     meta = {"format": FORMAT, "val_bytes": packed.val_bytes,
             "val_stream_bytes": packed.val_stream_bytes,
             "train_documents": packed.train_documents, "val_documents": packed.val_documents,
+            "val_doc_ids": list(packed.val_doc_ids), "dropped": [list(d) for d in packed.dropped],
             "about": about}
-    tensors = {"train": _compact(packed.train_blocks), "val": _compact(packed.val_blocks)}
+    tensors = {"train": _compact(packed.train_blocks), "val": _compact(packed.val_blocks),
+               "val_doc_index": _compact(packed.val_doc_index)}
     target = folder()
     tmp = None
     try:
