@@ -132,11 +132,6 @@ ROLE_COLUMNS = ["matrices", "changed", "shape [out, in]", "rank r", "update size
                 "outside col(W)", "random col", "outside row(W)", "random row", "intruder dims", "k"]
 
 
-def _role(name: str) -> str:
-    from gainbench.models.architectures import matrix_role
-
-    return matrix_role(name) or name.rsplit(".", 1)[-1]
-
 
 def diagnostic_by_role(rows: pd.DataFrame) -> pd.DataFrame:
     """Column-span diagnostic at its last stage, one line per matrix role (q, k, v, qkv, o, gate,
@@ -150,6 +145,9 @@ def diagnostic_by_role(rows: pd.DataFrame) -> pd.DataFrame:
     ``intruder dims`` = sum over the role's matrices of the intruders among each one's top ``k``
     singular vectors; ``rank r`` = mean dimension of W0's reference subspace; ``shape`` from the
     baseline rows (``-`` without them, or when the role's matrices differ in shape)."""
+    # here, not at the top: architectures imports transformers, which tables need only for this
+    from gainbench.models.architectures import MATRIX_ROLES, matrix_role
+
     diagnostic = rows[rows["eval_kind"] == "diagnostic"]
     if diagnostic.empty:
         return pd.DataFrame(columns=ROLE_COLUMNS)
@@ -159,19 +157,18 @@ def diagnostic_by_role(rows: pd.DataFrame) -> pd.DataFrame:
     for metric in ("span_residual_column_random", "span_residual_row_random"):
         if metric not in values:
             values[metric], dims[metric] = np.nan, np.nan
-    values["role"] = [_role(name) for name in values.index]
+    values["role"] = [matrix_role(name) or name.rsplit(".", 1)[-1] for name in values.index]
     out = {}
     for role, group in values.groupby("role", sort=False):
         changed = group[group["update_rel_norm"] > 0]
         if changed.empty:
             continue
-        shapes = {(m, n) for m, n in zip(dims.loc[changed.index, "span_residual_column_random"],
-                                         dims.loc[changed.index, "span_residual_row_random"])
-                  if not (np.isnan(m) or np.isnan(n))}
+        # the baselines' n are the matrix's [out, in]
+        shapes = {f"{m:.0f} x {n:.0f}" for m, n in dims.loc[
+            changed.index, ["span_residual_column_random", "span_residual_row_random"]].to_numpy()}
         out[role] = {
             "matrices": len(group), "changed": len(changed),
-            "shape [out, in]": (f"{int(next(iter(shapes))[0])} x {int(next(iter(shapes))[1])}"
-                                if len(shapes) == 1 else np.nan),
+            "shape [out, in]": shapes.pop() if len(shapes) == 1 and "nan" not in min(shapes) else np.nan,
             "rank r": dims.loc[changed.index, "span_residual_column"].mean(),
             "update size": changed["update_rel_norm"].mean(),
             "outside col(W)": changed["span_residual_column"].mean(),
@@ -180,9 +177,6 @@ def diagnostic_by_role(rows: pd.DataFrame) -> pd.DataFrame:
             "random row": changed["span_residual_row_random"].mean(),
             "intruder dims": changed["intruder_dims"].sum(),
             "k": dims.loc[changed.index, "intruder_dims"].max()}
-    from gainbench.models.architectures import MATRIX_ROLES
-
     order = sorted(out, key=lambda r: (MATRIX_ROLES.index(r) if r in MATRIX_ROLES else len(MATRIX_ROLES), r))
-    table = pd.DataFrame([out[r] for r in order], index=pd.Index(order, name="role"),
-                         columns=ROLE_COLUMNS)
-    return table
+    return pd.DataFrame([out[r] for r in order], index=pd.Index(order, name="role"),
+                        columns=ROLE_COLUMNS)
