@@ -141,3 +141,133 @@ def test_a_reader_error_names_the_domain(tmp_path):
     with pytest.raises(GainbenchError, match=r"domain 'legal': its source has no 'kind'; set "
                                              r"sequence\.domains\.legal\.source\.kind"):
         read_documents(DomainSpec(name="legal", source={"paths": "x"}))
+
+
+# --- validation from many documents, traced; a training pool a seed draws from (issue 15) -----
+
+def _rules(**changes):
+    from gainbench.data.domains import PLAIN
+    import dataclasses
+
+    return dataclasses.replace(PLAIN, **changes)
+
+
+def test_plain_rules_pack_as_before_these_settings_existed(tiny_tokenizer):
+    spec = DomainSpec(name="d", source={"kind": "local_files"})
+    data = prepare_domain(spec, tiny_tokenizer, 16, 256, 64, docs=DOCS)
+    train_docs, val_docs = split_documents(DOCS, 10)
+    assert torch.equal(data.train_blocks, pack_documents(train_docs, tiny_tokenizer, 16, 256))
+    assert torch.equal(data.val_blocks, pack_documents(val_docs, tiny_tokenizer, 16, 64))
+    assert data.blocks_per_stage == len(data.train_blocks) == 16
+    assert data.stage_blocks(seed=7) is data.train_blocks  # the pool is one stage: all of it
+
+
+def test_every_validation_token_is_traced_to_its_document(tiny_tokenizer):
+    spec = DomainSpec(name="d", source={"kind": "local_files"})
+    data = prepare_domain(spec, tiny_tokenizer, 16, 256, 160, docs=DOCS,
+                          rules=_rules(val_doc_tokens=12))
+    _, val_docs = split_documents(DOCS, 10)
+    index, ids = data.val_doc_index, data.val_doc_ids
+    assert index.shape == data.val_blocks.shape and index.dtype == torch.long
+    assert ids == tuple(d.doc_id for d in val_docs[:len(ids)])   # the split's hash order
+    assert index.flatten().tolist() == sorted(index.flatten().tolist())
+    assert set(index.flatten().tolist()) == set(range(len(ids)))
+    by_id = {d.doc_id: d for d in val_docs}
+    flat, owners = data.val_blocks.flatten(), index.flatten()
+    eos = tiny_tokenizer.eos_token_id
+    for k, doc_id in enumerate(ids):
+        tokens = flat[owners == k].tolist()
+        first = tiny_tokenizer(by_id[doc_id].text, add_special_tokens=False)["input_ids"][:12]
+        if k < len(ids) - 1:     # whole: its first 12 tokens, then its EOS
+            assert tokens == first + [eos]
+        else:                    # the last may be cut by the block edge
+            assert tokens == (first + [eos])[:len(tokens)]
+    assert data.info["val_documents"] == len(ids) >= 160 // 13
+    assert data.info["val_doc_tokens"] == 12
+
+
+def test_a_hand_made_domain_is_one_validation_document():
+    from gainbench.data.domains import DomainData
+
+    blocks = torch.arange(32).view(2, 16)
+    data = DomainData("x", train_blocks=blocks, val_blocks=blocks, val_bytes=0)
+    assert data.val_doc_ids == ("x",) and torch.equal(data.val_doc_index, torch.zeros_like(blocks))
+
+
+def test_a_seed_draws_which_blocks_a_stage_trains_on_from_the_pool(tiny_tokenizer):
+    spec = DomainSpec(name="d", source={"kind": "local_files"})
+    data = prepare_domain(spec, tiny_tokenizer, 16, 128, 64, docs=DOCS, rules=_rules(pool_factor=4))
+    assert data.train_blocks.shape == (32, 16) and data.blocks_per_stage == 8
+    assert data.info["train_tokens"] == 128 and data.info["train_pool_tokens"] == 512
+    # the pool's start is the stage a pool factor of 1 trains on
+    plain = prepare_domain(spec, tiny_tokenizer, 16, 128, 64, docs=DOCS)
+    assert torch.equal(plain.train_blocks, data.train_blocks[:8])
+
+    from gainbench.data.domains import DomainData
+
+    pool = torch.arange(32).view(32, 1).repeat(1, 16)   # block i is all i's
+    numbered = DomainData("d", pool, data.val_blocks, 0, blocks_per_stage=8)
+
+    def drawn(seed):
+        blocks = numbered.stage_blocks(seed)
+        assert blocks.shape == (8, 16)
+        picked = blocks[:, 0].tolist()
+        assert picked == sorted(set(picked))   # no repeats, in pool order (the loop shuffles)
+        return frozenset(picked)
+
+    assert drawn(1) == drawn(1)                              # a seed fixes the draw
+    draws = [drawn(seed) for seed in range(8)]
+    assert len(set(draws)) == 8                              # seeds draw different text
+    assert len(frozenset.union(*draws)) > 24                 # and reach most of the pool
+
+
+def test_a_pool_larger_than_the_domain_stops_at_its_text(tiny_tokenizer, capsys):
+    spec = DomainSpec(name="d", source={"kind": "local_files"})
+    data = prepare_domain(spec, tiny_tokenizer, 16, 2**16, 64, docs=DOCS, rules=_rules(pool_factor=8))
+    assert data.info["train_pool_tokens"] == data.info["train_tokens"] < 2**16  # all of it, one stage
+    assert torch.equal(data.stage_blocks(3), data.train_blocks)
+    assert "ran out" in data.info["note"] and "ran out" in capsys.readouterr().err
+    assert "note" not in prepare_domain(spec, tiny_tokenizer, 16, 256, 64, docs=DOCS,
+                                        rules=_rules(pool_factor=10**4)).info  # a stage is full
+
+
+def test_too_few_validation_documents_is_a_one_line_error_naming_the_fix(tiny_tokenizer):
+    spec = DomainSpec(name="small", source={"kind": "local_files"})
+    docs = [Document(f"d{i}", "word " * 200) for i in range(200)]
+    n_val = len(split_documents(docs, 10)[1])
+    with pytest.raises(GainbenchError) as err:
+        prepare_domain(spec, tiny_tokenizer, 16, 64, 256, docs=docs,
+                       rules=_rules(val_doc_tokens=8, val_min_documents=n_val + 1))
+    message = str(err.value)
+    assert "\n" not in message
+    for needed in (f"domain 'small' has {n_val} validation documents, fewer than the {n_val + 1}",
+                   "eval.val_min_documents", "raise sequence.domains.small.validation_percent (now 10)"):
+        assert needed in message, needed
+    # a budget that holds fewer capped documents than the minimum needs only those
+    data = prepare_domain(spec, tiny_tokenizer, 16, 64, 32, docs=docs,
+                          rules=_rules(val_doc_tokens=8, val_min_documents=n_val + 1))
+    assert len(data.val_doc_ids) == 4   # 32 tokens of 9 per document
+
+
+def test_whole_documents_that_fill_the_budget_alone_are_refused_with_the_cap_to_set(tiny_tokenizer):
+    spec = DomainSpec(name="long", source={"kind": "local_files"})
+    docs = [Document(f"d{i}", "word " * 200) for i in range(200)]
+    with pytest.raises(GainbenchError) as err:
+        prepare_domain(spec, tiny_tokenizer, 16, 64, 256, docs=docs,
+                       rules=_rules(val_min_documents=4))
+    message = str(err.value)
+    assert "\n" not in message
+    for needed in ("domain 'long': its 256 validation tokens come from 1 of its",
+                   "fewer than eval.val_min_documents=4", "set eval.val_doc_tokens <= 63 (null: whole "
+                   "documents)", "or lower eval.val_min_documents"):
+        assert needed in message, needed
+    data = prepare_domain(spec, tiny_tokenizer, 16, 64, 256, docs=docs,
+                          rules=_rules(val_doc_tokens=63, val_min_documents=4))
+    assert len(data.val_doc_ids) == 4
+
+
+def test_a_cap_that_leaves_too_little_validation_text_says_so(tiny_tokenizer):
+    spec = DomainSpec(name="small", source={"kind": "local_files"})
+    with pytest.raises(GainbenchError, match=r"has too little validation text: .*documents, at most 4 "
+                                             r"tokens each \(eval.val_doc_tokens\),"):
+        prepare_domain(spec, tiny_tokenizer, 16, 256, 512, docs=DOCS, rules=_rules(val_doc_tokens=4))

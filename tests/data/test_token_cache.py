@@ -7,8 +7,10 @@ import os
 import pytest
 import torch
 
+from gainbench.errors import GainbenchError
+
 from gainbench.data import token_cache
-from gainbench.data.domains import DomainSpec, prepare_domain
+from gainbench.data.domains import PLAIN, DataRules, DomainSpec, prepare_domain
 from gainbench.data.sources import Document
 from gainbench.models.tiny import train_byte_bpe
 from tests.conftest import SAMPLE_TEXT
@@ -24,11 +26,16 @@ def _prepare(tokenizer, spec=SPEC, docs=DOCS, **overrides):
 
 
 def _assert_same(a, b):
-    for name in ("train_blocks", "val_blocks"):
+    for name in ("train_blocks", "val_blocks", "val_doc_index"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype == torch.long and torch.equal(x, y), name
-    assert (a.name, a.val_bytes, a.val_stream_bytes, a.info) == (
-        b.name, b.val_bytes, b.val_stream_bytes, b.info)
+    assert (a.name, a.val_bytes, a.val_stream_bytes, a.info, a.val_doc_ids, a.blocks_per_stage) == (
+        b.name, b.val_bytes, b.val_stream_bytes, b.info, b.val_doc_ids, b.blocks_per_stage)
+
+
+# issue 15's defaults at this test's scale: capped validation documents, a pool, the screen
+RULES = DataRules(val_doc_tokens=6, val_min_documents=8, pool_factor=3, dedup_words=4,
+                  dedup_max_containment=0.15)
 
 
 def test_second_preparation_tokenises_nothing_and_is_bit_identical(tiny_tokenizer, monkeypatch,
@@ -66,6 +73,11 @@ def test_an_equal_tokenizer_built_again_shares_entries_a_different_one_does_not(
     dict(spec=dataclasses.replace(SPEC, source={"kind": "local_files", "paths": "e/*.jsonl"})),
     dict(spec=dataclasses.replace(SPEC, val_tokens=32)),
     dict(docs=DOCS[:-1] + [Document(DOCS[-1].doc_id, "edited text " * 9)]),
+    dict(rules=dataclasses.replace(PLAIN, val_doc_tokens=6)),
+    dict(rules=dataclasses.replace(PLAIN, pool_factor=2)),
+    dict(rules=dataclasses.replace(PLAIN, dedup_max_containment=0.5)),
+    dict(rules=dataclasses.replace(RULES, dedup_words=5)),
+    dict(rules=dataclasses.replace(RULES, dedup_max_containment=0.5)),
 ])
 def test_anything_that_changes_the_blocks_is_a_new_entry(tiny_tokenizer, change):
     _prepare(tiny_tokenizer)
@@ -129,3 +141,34 @@ def test_default_folder_is_under_the_gainbench_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("GAINBENCH_CACHE", str(tmp_path))
     assert token_cache.folder() == tmp_path / "tokenized"
     assert os.fspath(token_cache.folder()).startswith(os.fspath(tmp_path))
+
+
+def test_the_document_trace_the_pool_and_the_screen_come_back_from_the_cache(tiny_tokenizer,
+                                                                           monkeypatch):
+    # validation documents that training documents quote, so the screen drops some
+    docs = DOCS + [Document(f"quote/{d.doc_id}", d.text + " and more words") for d in DOCS[:200]]
+    first = _prepare(tiny_tokenizer, docs=docs, rules=RULES)
+    assert first.info["near_duplicates"]["dropped_train_documents"] > 0
+    assert len(first.val_doc_ids) >= 8 and len(first.train_blocks) == 3 * first.blocks_per_stage
+    calls = count_tokenizer_calls(monkeypatch)
+    again = _prepare(tiny_tokenizer, docs=docs, rules=RULES)
+    assert again.from_cache and calls == []
+    _assert_same(first, again)
+
+
+def test_the_minimum_of_validation_documents_only_checks_so_it_shares_the_entry(tiny_tokenizer):
+    _prepare(tiny_tokenizer, rules=RULES)
+    assert _prepare(tiny_tokenizer, rules=dataclasses.replace(RULES, val_min_documents=1)).from_cache
+    whole = dataclasses.replace(RULES, val_doc_tokens=None, val_min_documents=1)
+    assert len(_prepare(tiny_tokenizer, rules=whole).val_doc_ids) == 1   # 64 tokens: one document
+    with pytest.raises(GainbenchError, match="validation tokens come from 1 of its"):  # on a hit too
+        _prepare(tiny_tokenizer, rules=dataclasses.replace(whole, val_min_documents=2))
+
+
+def test_an_entry_of_the_format_before_is_not_read(tiny_tokenizer, private_token_cache, monkeypatch):
+    _prepare(tiny_tokenizer)
+    (old,) = private_token_cache.iterdir()
+    monkeypatch.setattr(token_cache, "FORMAT", token_cache.FORMAT + 1)
+    assert not _prepare(tiny_tokenizer).from_cache       # another key: a fresh entry
+    assert len(list(private_token_cache.iterdir())) == 2
+    assert token_cache.load(old.stem) is None           # and the format in the file is checked
