@@ -24,6 +24,9 @@ def private_datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets_cache")
 
 
+PINNED = "0123456789abcdef0123456789abcdef01234567"
+
+
 def _jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return str(path)
@@ -87,12 +90,12 @@ def test_unreachable_hub_dataset_fails_fast_naming_it_and_the_fix(streaming):
     # conftest sets HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1, as on a machine without the hub.
     start = time.monotonic()
     with pytest.raises(GainbenchError) as err:
-        hf_dataset(path="gainbench-tests/no-such-corpus", name="cfg-x", revision="abc1234",
+        hf_dataset(path="gainbench-tests/no-such-corpus", name="cfg-x", revision=PINNED,
                    streaming=streaming)
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert "\n" not in message
-    for needed in ("'gainbench-tests/no-such-corpus'", "'cfg-x'", "'abc1234'",
+    for needed in ("'gainbench-tests/no-such-corpus'", "'cfg-x'", f"'{PINNED}'",
                    "datasets.load_dataset('gainbench-tests/no-such-corpus', 'cfg-x'",
                    "HF_HOME", "local_files", "scripts/prepare_data.py"):
         assert needed in message
@@ -109,6 +112,56 @@ def test_registered_and_read_through_a_domain(jsonl_file, tmp_path):
                       source={"kind": "hf_dataset", "path": "json", "data_files": short})
     assert [d.doc_id for d in read_documents(spec)] == ["hf/json/None/train/1",
                                                          "hf/json/None/train/3"]
+
+
+@pytest.mark.parametrize("revision", [None, "main", "TODO", "abc1234", "refs/convert/parquet"])
+def test_a_hub_dataset_must_be_pinned_to_a_commit(revision):
+    start = time.monotonic()
+    with pytest.raises(GainbenchError) as err:
+        hf_dataset(path="gainbench-tests/corpus", revision=revision)
+    assert time.monotonic() - start < 5   # refused before the hub is asked
+    message = str(err.value)
+    assert "\n" not in message
+    for needed in ("HF dataset 'gainbench-tests/corpus' is not pinned", "40 hex digits",
+                   f"got {revision!r}", "HfApi().dataset_info('gainbench-tests/corpus').sha",
+                   "source.revision"):
+        assert needed in message, needed
+
+
+def test_a_local_builder_or_folder_needs_no_revision(jsonl_file, tmp_path):
+    assert len(hf_dataset(path="json", data_files=jsonl_file)) == 40
+    folder = tmp_path / "my/corpus"
+    folder.mkdir(parents=True)
+    _jsonl(folder / "train.jsonl", [{"text": "a local folder"}])
+    assert [d.text for d in hf_dataset(path=str(folder))] == ["a local folder"]
+
+
+WIKITEXT_LINES = ["", " = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 is a game . \n",
+                  " = = Gameplay = = \n", " The game plays . \n", " = Tower Building = \n",
+                  " The building stands . \n", "", " = Third = \n", " Last article . \n"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_one_line_records_join_into_articles(tmp_path, streaming):
+    lines = _jsonl(tmp_path / "wikitext.jsonl", [{"text": t} for t in WIKITEXT_LINES])
+    docs = hf_dataset(path="json", data_files=lines, document_start="^ = [^=]", streaming=streaming)
+    assert [d.doc_id for d in docs] == ["hf/json/None/train/1", "hf/json/None/train/6",
+                                        "hf/json/None/train/9"]   # each its title's record
+    assert docs[0].text == (" = Valkyria Chronicles III = \n\n Senjō no Valkyria 3 is a game . \n"
+                            " = = Gameplay = = \n The game plays . ")   # sections stay inside
+    assert docs[1].text == " = Tower Building = \n The building stands . \n"
+    two = hf_dataset(path="json", data_files=lines, document_start="^ = [^=]", max_documents=2)
+    assert two == docs[:2]                                   # max_documents counts articles
+    assert len(hf_dataset(path="json", data_files=lines)) == len(WIKITEXT_LINES)  # else by line
+    with pytest.raises(GainbenchError, match=r"source.document_start '\(' is not a regular expression"):
+        hf_dataset(path="json", data_files=lines, document_start="(")
+
+
+def test_paper8_splits_wikitext_by_article():
+    source = _paper8()["domains"]["wikitext103"]["source"]
+    starts = re.compile(source["document_start"])
+    assert starts.match(" = Valkyria Chronicles III = \n")
+    assert not starts.match(" = = Gameplay = = \n") and not starts.match(" The game . \n")
 
 
 def _paper8():
@@ -129,8 +182,8 @@ def test_paper8_uses_hf_datasets_with_every_required_key():
         assert {"path", "name", "split", "text_field", "revision", "streaming",
                 "max_documents"} <= set(source), name
         assert "/" in source["path"], name  # a hub id, not a local builder
-        revision = source["revision"]
-        assert revision == "main" or re.fullmatch(r"[0-9a-f]{40}", revision), (name, revision)
+        revision = source["revision"]   # a commit, or TODO where no sha could be found offline
+        assert revision == "TODO" or re.fullmatch(r"[0-9a-f]{40}", revision), (name, revision)
         assert isinstance(source["streaming"], bool), name
     assert 100 <= config["domains"]["wikitext103"]["min_chars"] <= 400
 

@@ -105,6 +105,9 @@ def test_per_domain_budgets_reach_the_run(tmp_path):
     ("small_validation", r"domain 'pg19_books' has too little validation text: \d+ tokens .* "
                          r"validation budget of 100000; raise sequence\.domains\.pg19_books\."
                          r"validation_percent.*eval\.val_tokens"),
+    ("few_validation_documents", r"domain 'pg19_books' has \d+ validation documents, fewer than the "
+                                 r"16 .*eval\.val_min_documents=16\); raise sequence\.domains\."
+                                 r"pg19_books\.validation_percent"),
     ("bad_jsonl", r"domain 'pg19_books': .*part-0\.jsonl line 3 is not valid JSON"),
     ("no_text_field", r"domain 'pg19_books': .*part-0\.jsonl line 1 has no string field 'text' "
                       r"\(it has: body\)"),
@@ -114,7 +117,10 @@ def test_bad_data_in_the_last_domain_stops_the_run_before_stage_0(tmp_path, prob
     corpora = {name: _write_corpus(Path("corpora") / name, name) for name in LOCAL}
     bad = Path("corpora/pg19_books/part-0.jsonl")
     extra = []
-    if problem == "small_validation":
+    if problem == "small_validation":   # whole documents, any number of them: too few tokens
+        extra = ["+sequence.domains.pg19_books.val_tokens=100000", "eval.val_doc_tokens=null",
+                 "eval.val_min_documents=1"]
+    elif problem == "few_validation_documents":   # 100000 tokens at 64 a document: 16 needed
         extra = ["+sequence.domains.pg19_books.val_tokens=100000"]
     elif problem == "bad_jsonl":
         lines = bad.read_text().splitlines()

@@ -47,7 +47,7 @@ def test_fills_the_token_cache_that_a_run_then_hits(prepare_data, capsys, privat
     calls = count_tokenizer_calls(monkeypatch)
     spec = settings.domains[0]
     data = prepare_domain(spec, tokenizer, settings.seq_len, settings.train_tokens,
-                          settings.val_tokens, documents[spec.name])
+                          settings.val_tokens, documents[spec.name], settings.data_rules)
     assert data.from_cache and calls == []
 
 
