@@ -79,6 +79,19 @@ def test_every_setting_is_a_plain_override():
     assert settings.logger["project"] == "mine" and settings.analysis.any
 
 
+def test_the_data_settings_are_plain_overrides_that_reach_the_data_rules():
+    rules = settings_from_config(compose_config([])).data_rules
+    assert (rules.val_doc_tokens, rules.val_min_documents, rules.pool_factor, rules.dedup_words,
+            rules.dedup_max_containment) == (64, 16, 4, 12, 0.15)
+    rules = settings_from_config(compose_config([
+        "eval.val_doc_tokens=null", "eval.val_min_documents=2", "train.pool_factor=1",
+        "eval.val_dedup.shingle_words=8", "eval.val_dedup.max_containment=null"])).data_rules
+    assert (rules.val_doc_tokens, rules.val_min_documents, rules.pool_factor, rules.dedup_words,
+            rules.dedup_max_containment) == (None, 2, 1, 8, None)
+    grid = settings_from_config(compose_config(["experiment=paper_grid", "model=qwen2.5"]))
+    assert grid.data_rules.val_doc_tokens == 16384   # 1M validation tokens from >= 64 documents
+
+
 def test_method_default_lr_follows_the_method_until_overridden():
     assert settings_from_config(compose_config(["method=lora"])).train.lr == 2e-4
     assert settings_from_config(compose_config(["method=lora", "train.lr=1e-3"])).train.lr == 1e-3

@@ -345,6 +345,13 @@ def test_a_recorded_config_without_a_new_key_reads_as_its_neutral_value():
     ("sequence.domains.kjv_bible.validation_percent=120",
      r"^sequence.domains.kjv_bible.validation_percent must be <= 100"),
     ("analysis.combination.stages=[2,4]", r"^analysis.combination.stages must be two consecutive"),
+    ("eval.val_doc_tokens=0", r"^eval.val_doc_tokens must be >= 1, got 0; set eval.val_doc_tokens >= 1"),
+    ("eval.val_min_documents=0", r"^eval.val_min_documents must be >= 1, got 0"),
+    ("train.pool_factor=0", r"^train.pool_factor must be >= 1, got 0"),
+    ("train.pool_factor=1.5", r"^train.pool_factor must be a whole number, got 1.5"),
+    ("eval.val_dedup.max_containment=0", r"^eval.val_dedup.max_containment must be a positive number"),
+    ("eval.val_dedup.max_containment=1.5", r"^eval.val_dedup.max_containment must be <= 1"),
+    ("eval.val_dedup.shingle_words=0", r"^eval.val_dedup.shingle_words must be >= 1"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_fix(override, message):
     with pytest.raises(GainbenchError, match=message) as refused:
