@@ -26,8 +26,10 @@ the same in every process (Python's ``hash`` of a string is not).
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,21 +60,43 @@ class Shingler:
         if words < 1:
             raise ValueError(f"shingles need at least one word, got {words}")
         self.words = words
-        self._ids: dict[str, int] = {}
+        self._ids: defaultdict[str, int] = defaultdict(itertools.count(1).__next__)  # a new word: next id
 
     def __call__(self, text: str) -> np.ndarray:
         """The sorted, unique shingle hashes of ``text`` (uint64; empty when it is too short)."""
-        ids = self._ids
-        tokens = np.fromiter((ids.setdefault(w, len(ids) + 1) for w in _WORD.findall(text.lower())),
-                             dtype=np.uint64)
-        count = len(tokens) - self.words + 1
+        return np.unique(next(self.batches([text]))[0])
+
+    def batches(self, texts: Sequence[str], batch_words: int = 1 << 20
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each text's shingle hashes in text order, repeats included, ``(hashes, text index)``,
+        a batch of texts at a time (about ``batch_words`` words each: bounded memory on corpora
+        of books), computed for the whole batch at once."""
+        start = 0
+        while start < len(texts) or start == 0:
+            tokens, lengths = [], []
+            end = start
+            while end < len(texts) and (not lengths or sum(lengths) < batch_words):
+                words = _WORD.findall(texts[end].lower())
+                tokens.extend(words)
+                lengths.append(len(words))
+                end += 1
+            yield self._hash(tokens, np.array(lengths, dtype=np.int64), start)
+            start = end
+            if end == 0:
+                break
+
+    def _hash(self, tokens: list[str], lengths: np.ndarray, first: int):
+        ids = np.fromiter(map(self._ids.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+        count = len(ids) - self.words + 1
         if count <= 0:
-            return np.zeros(0, dtype=np.uint64)
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
         hashes = np.zeros(count, dtype=np.uint64)
         with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
             for offset in range(self.words):
-                hashes = hashes * _MULTIPLIER + tokens[offset:offset + count]
-        return np.unique(hashes)
+                hashes = hashes * _MULTIPLIER + ids[offset:offset + count]
+        text_of = np.repeat(np.arange(first, first + len(lengths)), lengths)
+        inside = text_of[:count] == text_of[self.words - 1:]   # a run within one text
+        return hashes[inside], text_of[:count][inside]
 
 
 def containment(inner: str, outer: str, words: int) -> float:
@@ -85,51 +109,66 @@ def containment(inner: str, outer: str, words: int) -> float:
 def screen_training(train_docs: Sequence[Document], val_docs: Sequence[Document], words: int,
                     max_containment: float) -> tuple[list[Document], list[NearDuplicate]]:
     """``train_docs`` less those that contain a validation document at ``max_containment`` or
-    more, in their order, and what was dropped (each with its most contained validation document).
+    more, in their order, and what was dropped (each with its most contained validation document;
+    the first in split order on a tie).
 
     Shingles found in more than :data:`BOILERPLATE_DOCUMENTS` training documents are left out of
     every containment (numerator and denominator): they are the domain's boilerplate, not one
     document's text.
     """
     shingle = Shingler(words)
-    val_sets = [shingle(d.text) for d in val_docs]
-    if not any(len(s) for s in val_sets):
+    hashes, owner = (np.concatenate(parts) for parts in
+                     zip(*shingle.batches([d.text for d in val_docs])))
+    if not len(hashes):
         return list(train_docs), []
-    # Every validation shingle once, sorted (unique), and for each, the documents it occurs in:
-    # owner[first[i]:first[i] + count[i]].
-    hashes = np.concatenate(val_sets)
-    owner = np.repeat(np.arange(len(val_sets)), [len(s) for s in val_sets])
-    order = np.argsort(hashes, kind="stable")
-    hashes, owner = hashes[order], owner[order]
-    unique, first, count = np.unique(hashes, return_index=True, return_counts=True)
+    hashes, owner = _unique_pairs(hashes, owner)
+    # Every validation shingle once (sorted), and the validation documents it occurs in:
+    # owner[first[i]:first[i] + count[i]] after sorting by shingle.
+    unique, at, count = np.unique(hashes, return_inverse=True, return_counts=True)
+    owner = owner[np.argsort(at, kind="stable")]
+    first = np.cumsum(count) - count
 
-    # Pass 1: which validation shingles each training document holds, and in how many documents
-    # each validation shingle occurs.
-    found_in = np.zeros(len(unique), dtype=np.int64)
-    matches = []
-    for doc in train_docs:
-        found = shingle(doc.text)
-        at = np.searchsorted(unique, found).clip(max=len(unique) - 1)
-        hit = at[unique[at] == found]
-        found_in[hit] += 1
-        matches.append(hit)
+    # Which validation shingles each training document holds: pairs (training document, shingle).
+    held_by, held = [], []
+    for hashes, doc in shingle.batches([d.text for d in train_docs]):
+        where = np.searchsorted(unique, hashes).clip(max=len(unique) - 1)
+        hit = unique[where] == hashes
+        where, doc = _unique_pairs(where[hit], doc[hit])
+        held_by.append(doc)
+        held.append(where)
+    held_by, held = np.concatenate(held_by), np.concatenate(held)
 
-    # Pass 2: containment of each validation document in each training document, less boilerplate.
-    common = found_in > BOILERPLATE_DOCUMENTS
-    sizes = np.bincount(owner[~np.repeat(common, count)], minlength=len(val_sets))
+    # Boilerplate out, then the containment of every (training, validation) pair that shares any.
+    common = np.bincount(held, minlength=len(unique)) > BOILERPLATE_DOCUMENTS
+    sizes = np.bincount(owner[~np.repeat(common, count)], minlength=len(val_docs))
+    held_by, held = held_by[~common[held]], held[~common[held]]
+    pairs_t = np.repeat(held_by, count[held])             # a shingle in several validation
+    pairs_v = owner[_ranges(first[held], first[held] + count[held])]  # documents counts for each
+    pair, shared = np.unique(pairs_t * len(val_docs) + pairs_v, return_counts=True)
+    t, v = pair // len(val_docs), pair % len(val_docs)
+    share = shared / np.maximum(sizes[v], 1)
+    # each training document's most contained validation document (the first on a tie)
+    order = np.lexsort((v, -share, t))
+    best = order[np.r_[True, t[order][1:] != t[order][:-1]]] if len(order) else order
+    worst = {int(t[i]): (int(v[i]), float(share[i])) for i in best if share[i] >= max_containment}
+
     kept, dropped = [], []
-    for doc, hit in zip(train_docs, matches):
-        hit = hit[~common[hit]]
-        if len(hit):
-            # a shingle shared by several validation documents counts for each of them
-            shared = owner[_ranges(first[hit], first[hit] + count[hit])]
-            shares = np.bincount(shared, minlength=len(val_sets)) / np.maximum(sizes, 1)
-            worst = int(shares.argmax())
-            if shares[worst] >= max_containment:
-                dropped.append(NearDuplicate(doc.doc_id, val_docs[worst].doc_id, float(shares[worst])))
-                continue
-        kept.append(doc)
+    for i, doc in enumerate(train_docs):
+        if i in worst:
+            v_i, c = worst[i]
+            dropped.append(NearDuplicate(doc.doc_id, val_docs[v_i].doc_id, c))
+        else:
+            kept.append(doc)
     return kept, dropped
+
+
+def _unique_pairs(values: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (value, document) pair once: a shingle counts once per document."""
+    order = np.lexsort((values, doc))
+    values, doc = values[order], doc[order]
+    new = np.ones(len(values), dtype=bool)
+    new[1:] = (values[1:] != values[:-1]) | (doc[1:] != doc[:-1])
+    return values[new], doc[new]
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
