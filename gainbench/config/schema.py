@@ -17,7 +17,8 @@ Run ids
     of the typed config (what is measured) as sorted JSON. Whether a field is identity is declared
     beside it (``role``): ``execution`` fields (``train.strategy``, ``shard_weights``,
     ``grad_accum_steps``, ``activation_checkpointing``, ``checkpoint_every``, ``results_dir``,
-    ``device``) say how or where a run computes the same numbers, and ``presentation`` fields
+    ``device``, and ``eval.val_min_documents``, which only refuses data) say how or where a run
+    computes the same numbers, and ``presentation`` fields
     (``logger``, ``model.download_hint``) how it is shown; neither is hashed, so a job requeued
     on other hardware, with another logger or another results root resumes its own folder.
 
@@ -53,8 +54,9 @@ Validation sets, training pools and clean splits (issue 15)
     that hold 15% or more of a validation document's 12-word runs (gainbench/data/dedup.py: on
     embedded8, 22 of ~14,600 training documents, from pydoc's ``specialnames`` holding all of
     ``attribute-access`` to ``sparse6.py`` holding 17% of ``graph6.py``).
-    At their neutral values (null, 1, 1, no screen) these pack exactly as runs did before them,
-    so they need no schema version: their non-neutral defaults move default ids by themselves,
+    At their neutral values (``val_doc_tokens`` null, ``pool_factor`` 1, no screen) these pack
+    exactly as runs did before them, so they need no schema version: their non-neutral defaults
+    move default ids by themselves (the minimum of documents is a check, not hashed),
     and :func:`read_config` with ``stored=True`` reads a recorded config that lacks them (a run
     made before them) at those neutral values, so every committed run keeps its id.
 
@@ -210,7 +212,8 @@ class EvalSettings:
     val_tokens: int = setting(1024, doc="validation tokens per domain, the same at every stage")
     val_doc_tokens: int | None = setting(64, min=1, neutral=None,
                                          doc="the first N tokens of each validation document; null = all")
-    val_min_documents: int = setting(16, min=1, neutral=1,
+    # a check, not a measurement: a run that passes it computes the same numbers whatever it is
+    val_min_documents: int = setting(16, min=1, role=EXECUTION,
                                      doc="a domain's validation tokens come from at least this many documents")
     val_dedup: DedupSettings = setting(factory=DedupSettings,
                                        neutral=DedupSettings(max_containment=None))
