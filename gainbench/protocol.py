@@ -28,7 +28,7 @@ from gainbench.evaluation.analysis.stage_analyses import StageAnalyses
 from gainbench.evaluation.evaluators import ColumnSpan, Evaluator, LmEval, Perplexity
 from gainbench.methods import Method, count_parameters, make_method
 from gainbench.models import context_length, load_model
-from gainbench.placement import SINGLE_PROCESS, Placement
+from gainbench.placement import Placement
 from gainbench.results.store import RunStore
 from gainbench.results.summary import print_summary
 from gainbench.results.wandb_mirror import WandbMirror
@@ -53,7 +53,8 @@ def _run(cfg, in_flight: StagePointer) -> Path:
     if _finished(store, settings):
         store.repair_record()
         print(f"gainbench: run {settings.run_id} already finished ({store.run_dir}); nothing to do")
-        print_summary(store.rows(), [d.name for d in settings.domains])
+        print_summary(store.rows(), [d.name for d in settings.domains],
+                      settings.lm_eval.headline_metrics)
         return store.run_dir
 
     if settings.train.strategy != "single" and settings.analysis.any:
@@ -141,7 +142,8 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
 
     mirror.finish()
     if placement.is_main:
-        print_summary(store.rows(), [d.name for d in settings.domains])
+        print_summary(store.rows(), [d.name for d in settings.domains],
+                      settings.lm_eval.headline_metrics)
     placement.say(f"gainbench: results in {store.run_dir}")
     return store.run_dir
 
@@ -151,13 +153,14 @@ def _evaluators(settings: RunSettings, method: Method, store: RunStore, model, t
     """What is measured after every stage, in the order its rows are written."""
     last_stage = len(domains)
 
-    def perplexity(on: Placement) -> Perplexity:
+    def perplexity(**where) -> Perplexity:
         return Perplexity(domains, settings.eval_batch_size, settings.eval_stride,
-                          context=settings.seq_len, placement=on)
+                          context=settings.seq_len, **where)
 
-    analyses_perplexity = perplexity(SINGLE_PROCESS)  # the analyses run in one process
+    # the analyses run in one process, and their grids need pooled rows only
+    analyses_perplexity = perplexity(per_document=False)
     return [
-        perplexity(placement),
+        perplexity(placement=placement),
         LmEval(settings.lm_eval, tokenizer, settings.seed, last_stage, placement),
         ColumnSpan(settings.diagnostics, model, method, last_stage, placement),
         StageAnalyses(settings.analysis, store.run_dir, domains,
@@ -198,7 +201,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
         adapted = method.attach(model)
     params = method.trainable_parameters(adapted)
     _warn_if_low_precision(params, settings)
-    blocks = method.training_blocks(domain.train_blocks,
+    # the seed draws the stage's blocks from the domain's pool (and their order, and the init)
+    blocks = method.training_blocks(domain.stage_blocks(seed),
                                     [d.train_blocks for d in domains[:stage - 1]], seed)
     checkpoint = (StageCheckpoint(store.partial_stage_path(stage), settings.train.checkpoint_every,
                                   writer=placement.is_main)
@@ -262,7 +266,7 @@ def _setup_model_and_data(settings: RunSettings, placement: Placement):
                              f"'{settings.model.name}' accepts ({limit} positions); "
                              f"set train.seq_len<={limit}")
     domains = [prepare_domain(spec, tokenizer, settings.seq_len, settings.train_tokens,
-                              settings.val_tokens, documents_of(spec))
+                              settings.val_tokens, documents_of(spec), settings.data_rules)
                for spec in settings.domains]
     return model, tokenizer, domains
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             data = prepare_domain(spec, tokenizer, settings.seq_len, settings.train_tokens,
-                                  settings.val_tokens, documents[spec.name])
+                                  settings.val_tokens, documents[spec.name], settings.data_rules)
         except GainbenchError as err:
             errors[spec.name] = str(err)
             print(f"gainbench: error: {err}", file=sys.stderr, flush=True)

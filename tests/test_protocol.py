@@ -39,7 +39,8 @@ def test_smoke_preset_runs_the_whole_protocol(tmp_path, capsys):
     diagnostic = rows[rows.eval_kind == "diagnostic"]
     assert set(diagnostic.stage) == {8}  # cumulative update vs base, after the last stage
     assert set(diagnostic.metric) == {"span_residual_column", "span_residual_row", "intruder_dims",
-                                      "update_rel_norm"}
+                                      "update_rel_norm", "span_residual_column_random",
+                                      "span_residual_row_random"}
     assert diagnostic.eval_name.nunique() == 2 * 7  # 2 layers x 7 linear modules of a Llama block
     # output-side GAIN keeps each wrapped matrix's row span (gainbench.evaluation.analysis.column_span)
     touched = diagnostic[diagnostic.eval_name.str.contains("o_proj|down_proj")]
@@ -100,7 +101,7 @@ def test_resume_after_a_kill_gives_the_same_rows(tmp_path, monkeypatch, method):
         monkeypatch, compose_config(overrides + [f"results_dir={tmp_path / 'b'}"]), die_at_stage=2)
     assert finished == [0, 1]
     assert resumed_dir == tmp_path / "b" / reference_dir.name
-    measured = ["stage", "eval_kind", "eval_name", "metric"]
+    measured = ["stage", "eval_kind", "eval_name", "metric", "document"]
     reference = pd.read_parquet(reference_dir / "rows.parquet")
     resumed = pd.read_parquet(resumed_dir / "rows.parquet")
     keep = ~reference.metric.isin(["train_seconds"])  # wall time differs, nothing else may
@@ -124,7 +125,8 @@ def test_an_empty_domain_fails_before_any_results_are_written(tmp_path):
 
 def test_a_sequence_longer_than_the_context_is_refused(tmp_path):
     with pytest.raises(GainbenchError, match=r"seq_len=1024 is longer than .* \(512 positions\)"):
-        run(_bad_run(tmp_path / "results", "train.seq_len=1024"))
+        run(_bad_run(tmp_path / "results", "train.seq_len=1024", "train.tokens_per_stage=4096",
+                     "eval.val_tokens=1024"))
     assert not (tmp_path / "results").exists()
 
 
@@ -202,7 +204,7 @@ def test_every_method_runs_the_protocol(tmp_path, method):
 
 
 def test_gain_with_one_scale_across_stages_resumes_exactly(tmp_path, monkeypatch):
-    overrides = ["experiment=smoke", SHORT, "method=gain_ffn", "+method.options.absorb_each_stage=false",
+    overrides = ["experiment=smoke", SHORT, "method=gain_ffn", "method.options.absorb_each_stage=false",
                  "eval.lm_eval.stages=none"]
     reference = pd.read_parquet(run(compose_config(overrides + [f"results_dir={tmp_path / 'a'}"]))
                                 / "rows.parquet")

@@ -41,30 +41,45 @@ class Evaluator:
 
 class Perplexity(Evaluator):
     """Pooled validation NLL, perplexity and bits per byte of every domain (DESIGN.md section 4):
-    non-overlapping blocks, or a sliding window of ``context`` tokens every ``stride`` tokens."""
+    non-overlapping blocks, or a sliding window of ``context`` tokens every ``stride`` tokens.
+
+    With ``per_document`` (the default), also one ``ppl_doc`` row per validation document: its
+    NLL sum (``metric`` nll_sum, nats) and predicted tokens (``n``), named in the ``document``
+    column, so intervals can resample documents (gainbench.results.intervals)."""
 
     def __init__(self, domains: list, batch_size: int, stride: int | None = None,
-                 context: int | None = None, placement: Placement = SINGLE_PROCESS):
+                 context: int | None = None, placement: Placement = SINGLE_PROCESS,
+                 per_document: bool = True):
         self.domains, self.batch_size = domains, batch_size
         self.stride, self.context = stride, context
-        self.placement = placement
+        self.placement, self.per_document = placement, per_document
 
     def __call__(self, model, stage: int | None) -> list[dict]:
         rows = []
         # disable=None: a bar on a terminal, nothing in a log file
         for domain in tqdm(self.domains, leave=False, disable=None if self.placement.is_main else True,
                            desc=f"stage {stage} eval" if stage is not None else "analysis eval"):
+            documents = (dict(doc_index=domain.val_doc_index, n_docs=len(domain.val_doc_ids))
+                         if self.per_document else {})
             if self.stride:  # sliding window: every token scored once, with up to `context` before it
+                if documents:
+                    documents["doc_index"] = documents["doc_index"].flatten()
                 result = strided_nll(model, domain.val_blocks.flatten(), domain.val_stream_bytes,
                                      context=self.context, stride=self.stride,
-                                     batch_size=self.batch_size, placement=self.placement)
+                                     batch_size=self.batch_size, placement=self.placement,
+                                     **documents)
             else:
                 result = validation_nll(model, domain.val_blocks, domain.val_bytes, self.batch_size,
-                                        placement=self.placement)
+                                        placement=self.placement, **documents)
             for metric, value in (("nll", result.nll), ("ppl", result.ppl),
                                   ("bpb", result.bits_per_byte)):
                 rows.append(dict(eval_kind="ppl", eval_name=domain.name, metric=metric, value=value,
                                  n=result.n_tokens))
+            if result.doc_nll is not None:
+                rows += [dict(eval_kind="ppl_doc", eval_name=domain.name, metric="nll_sum",
+                              value=float(total), n=int(count), document=doc_id)
+                         for doc_id, total, count in zip(domain.val_doc_ids, result.doc_nll,
+                                                         result.doc_tokens) if count]
         return rows
 
 

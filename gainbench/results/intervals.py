@@ -160,3 +160,19 @@ def combine(per_seed: np.ndarray, doc_replicates: np.ndarray | None = None,
         df = m - 1
     half = stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(variance)
     return Interval(estimate, estimate - half, estimate + half, covers=" and ".join(parts))
+
+
+def change_standard_error(before: pd.DataFrame, after: pd.DataFrame, n_boot: int | None = None,
+                          seed: int = 0) -> float:
+    """The noise floor of a PPL change on one domain's validation set: the standard error (PPL %)
+    of the pooled change from ``before`` to ``after`` (each: per-document rows of one stage,
+    ``document``, ``value`` = NLL sum, ``n`` tokens) when the documents are drawn again, the same
+    draw for both stages."""
+    both = before.set_index("document")[["value", "n"]].join(
+        after.set_index("document")[["value", "n"]], rsuffix="_after", how="inner")
+    if len(both) < 2:
+        return float("nan")
+    weights = _multinomial_weights(np.random.default_rng(seed), n_boot or N_BOOT, len(both))
+    start = weights @ both["value"].to_numpy() / (weights @ both["n"].to_numpy())
+    end = weights @ both["value_after"].to_numpy() / (weights @ both["n_after"].to_numpy())
+    return float(np.std(100 * np.expm1(end - start), ddof=1))

@@ -20,7 +20,9 @@ from gainbench import metrics
 from gainbench.results.store import read_finished_rows, read_record
 
 # Config keys that can change the trained weights or the validation numbers.
-_TRAINING_PREFIXES = ("model.", "method.", "train.", "sequence.", "eval.val_tokens", "eval.stride")
+# (The near-duplicate screen drops training documents, so it changes the weights too.)
+_TRAINING_PREFIXES = ("model.", "method.", "train.", "sequence.", "eval.val_tokens", "eval.stride",
+                      "eval.val_doc_tokens", "eval.val_dedup")
 
 
 @dataclass

@@ -34,7 +34,9 @@ from gainbench.files import StageTensors, atomic_write
 ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_domain",
                "eval_kind", "eval_name", "metric", "value", "stderr", "n",
                # grid coordinates of the figure analyses (interpolation alpha; combination a, b)
-               "alpha", "a", "b"]
+               "alpha", "a", "b",
+               # the validation document of a per-document row (eval_kind ppl_doc)
+               "document"]
 
 
 # rows.parquet's key-value metadata: the run.json written with these rows (see the module doc)

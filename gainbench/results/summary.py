@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gainbench import metrics
+from gainbench.results.intervals import DOCUMENT_KIND, change_standard_error
 from gainbench.results.run_metrics import diagnostic_by_role, diagnostic_summary, headline_metric
 
 
@@ -27,6 +28,7 @@ def summary_text(rows: pd.DataFrame, domains: list[str],
     ppl.index.name = "after stage"
     lines += ["", "Validation perplexity (rows: after stage, columns: domain)",
               ppl.round(2).to_string()]
+    lines += _validation_set_lines(rows, domains)
     T = len(domains)
     if len(L) == T + 1:  # the change tables need every stage
         table = pd.DataFrame({
@@ -109,6 +111,27 @@ def _diagnostic_lines(rows: pd.DataFrame) -> list[str]:
             "the whole space and no method can differ;",
             "  intruder dims = new directions among each matrix's top k singular vectors (sum)",
             text.to_string()]
+
+
+def _validation_set_lines(rows: pd.DataFrame, domains: list[str]) -> list[str]:
+    """Each domain's validation documents and tokens, and the noise floor of a PPL change on them
+    (empty for runs that did not record per-document rows)."""
+    documents = rows[rows["eval_kind"] == DOCUMENT_KIND]
+    if documents.empty:
+        return []
+    last = int(documents["stage"].max())
+    table = {}
+    for domain in domains:
+        mine = documents[documents["eval_name"] == domain]
+        base, final = mine[mine["stage"] == 0], mine[mine["stage"] == last]
+        table[domain] = {"documents": len(base), "tokens": int(base["n"].sum()),
+                         "noise floor dPPL%": change_standard_error(base, final)}
+    frame = pd.DataFrame(table).T
+    frame[["documents", "tokens"]] = frame[["documents", "tokens"]].astype(int)
+    return ["", f"Validation sets (noise floor: the standard error of the stage-{last} vs base "
+                "dPPL% over which documents were drawn, paired bootstrap; a PPL change within about "
+                "twice it is below the noise)",
+            frame.round(2).to_string()]
 
 
 def print_summary(rows: pd.DataFrame, domains: list[str],

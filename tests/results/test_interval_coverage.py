@@ -111,3 +111,17 @@ def test_coverage_of_the_matched_comparison_under_a_planted_null_and_effect(monk
         effect_found += row["lo"] > 0
     assert null_covered >= 0.9 * replicates, f"null covered in {null_covered} of {replicates}"
     assert effect_found >= 18, f"planted effect found in {effect_found} of 20"
+
+
+def test_the_noise_floor_of_a_change_is_zero_without_one_and_grows_with_document_spread():
+    from gainbench.results.intervals import change_standard_error
+
+    before = pd.DataFrame({"document": [f"d{i}" for i in range(30)], "value": 100.0, "n": 50})
+    assert change_standard_error(before, before) == 0.0
+    rng = np.random.default_rng(0)
+    small = before.assign(value=100.0 + rng.normal(0, 1, 30))
+    large = before.assign(value=100.0 + rng.normal(0, 5, 30))
+    assert 0 < change_standard_error(before, small) < change_standard_error(before, large)
+    # about the textbook value: sd of the per-document change in nats/token / sqrt(30), in %
+    expected = 100 * (large["value"] - 100).std() / 50 / np.sqrt(30)
+    assert change_standard_error(before, large) == pytest.approx(expected, rel=0.2)
