@@ -82,8 +82,7 @@ def _rows(results_dir):
     ("gain_ffn", "ddp", [], ["train.checkpoint_every=1"]),  # rank 0 writes the in-stage checkpoints
     ("gain_ffn", "fsdp", ["model.dtype=bfloat16"], []),    # bf16 weights, fp32 scales in one unit
     ("lora", "ddp", ["method.options.dropout=0"], ["train.grad_accum_steps=2"]),  # 1 block a piece
-    # every weight trains, and the EWC penalty's gradient reaches the shards; layers recomputed in backward
-    ("ewc", "fsdp", [], ["train.activation_checkpointing=true"]),
+    ("ewc", "fsdp", [], []),  # every weight trains, and the EWC penalty's gradient reaches the shards
     ("gain", "fsdp", ["train.lr=0.1", "method.options.decay_to_one=0.5"], []),  # changes PPL by 0.6%
     # train.shard_weights: no rank ever holds the whole weights; lm-eval runs on both ranks
     ("gain_ffn", "fsdp", ["eval.lm_eval.stages=first_last", "eval.diagnostics.stages=last"],
