@@ -155,7 +155,9 @@ def write_figures(runs: list[Run], out_dir: Path, names=None, formats=("png", "p
         for stem, fig in FIGURES[name](runs):
             for fmt in formats:
                 path = out_dir / f"{stem}.{fmt}"
-                fig.savefig(path, dpi=120, bbox_inches="tight")
+                # no creation date in a PDF: the same runs give byte-identical files
+                metadata = {"CreationDate": None} if fmt == "pdf" else None
+                fig.savefig(path, dpi=120, bbox_inches="tight", metadata=metadata)
                 written.append(path)
             plt.close(fig)
     return written

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Rebuild every committed table and figure from the run folders under results/ alone
+# (no model is run): bash scripts/make_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for study in miniature sweep sweep-v2; do
+  [ -d "results/$study" ] || continue
+  python scripts/make_tables.py "results/$study" --out "results/tables/$study"
+  python scripts/make_figures.py "results/$study" --out "results/figures/$study"
+  python scripts/make_tables.py "results/$study" --tables matched --matched-at 2 4 8 \
+    > "results/tables/$study/matched_at_2_4_8.md"
+done
+python scripts/make_figures.py results/analyses --out results/figures/analyses
