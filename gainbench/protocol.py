@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from gainbench import provenance
-from gainbench.data.domains import (DomainData, prepare_domain, read_documents,
-                                    tokenizer_training_texts)
+from gainbench.data.domains import DomainData, prepare_domain, read_documents
+from gainbench.data.packing import tokenizer_training_texts
 from gainbench.errors import GainbenchError, first_line
 from gainbench.evaluation.analysis.stage_analyses import StageAnalyses
 from gainbench.evaluation.evaluators import ColumnSpan, Evaluator, LmEval, Perplexity

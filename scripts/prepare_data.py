@@ -31,7 +31,7 @@ from gainbench.errors import GainbenchError, first_line
 def load_tokenizer(settings, documents: dict):
     """The tokenizer the protocol's ``load_model`` would give, without loading the model (a tiny
     model's BPE is fitted to the same training text, so both reach the same cache entries)."""
-    from gainbench.data.domains import tokenizer_training_texts
+    from gainbench.data.packing import tokenizer_training_texts
     from gainbench.models.loading import load_tokenizer as load_model_tokenizer
 
     return load_model_tokenizer(settings.model, lambda: tokenizer_training_texts(

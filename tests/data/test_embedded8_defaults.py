@@ -4,7 +4,8 @@ train.pool_factor stage budgets, and a near-duplicate screen that removes the pa
 
 import pytest
 
-from gainbench.data.domains import prepare_domain, read_documents, tokenizer_training_texts
+from gainbench.data.domains import prepare_domain, read_documents
+from gainbench.data.packing import tokenizer_training_texts
 from gainbench.models.loading import load_tokenizer
 from gainbench.settings import settings_from_config
 from tests.conftest import compose_config
