@@ -3,6 +3,7 @@ an atomic write and a lazily read mapping of tensors. They know nothing of runs 
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Mapping
@@ -13,15 +14,35 @@ if TYPE_CHECKING:
     import torch
 
 
+@functools.cache
+def umask() -> int:
+    """The process's umask, read once: from /proc (Linux), which leaves it untouched, else by
+    setting and restoring it (not thread-safe, hence once, at the first write)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed onto it:
-    a reader (or a job killed mid-write) never sees half a file."""
+    a reader (or a job killed mid-write) never sees half a file.
+
+    The file gets the mode a plain ``open(path, "w")`` would (0644 under the usual 022 umask):
+    mkstemp makes it 0600, which colleagues on a shared cluster could not read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # after the write: a writer may have replaced the file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
