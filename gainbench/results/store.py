@@ -31,16 +31,39 @@ from safetensors.torch import save_file
 from gainbench.errors import GainbenchError
 from gainbench.files import StageTensors, atomic_write
 
-ROW_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "stage", "stage_domain",
-               "eval_kind", "eval_name", "metric", "value", "stderr", "n",
-               # grid coordinates of the figure analyses (interpolation alpha; combination a, b)
-               "alpha", "a", "b",
-               # the validation document of a per-document row (eval_kind ppl_doc)
-               "document"]
+# rows.parquet's columns and their types, the same in every file written since rows schema 2.
+# Rows schema 1 (no version mark: the committed results) had the first 13 or more of these, as
+# they were added; readers take the columns a file has (gainbench.results.runs), never more.
+ROW_SCHEMA = pa.schema([
+    ("run_id", pa.large_string()), ("model", pa.large_string()), ("method", pa.large_string()),
+    ("seed", pa.int64()), ("sequence", pa.large_string()), ("stage", pa.int64()),
+    ("stage_domain", pa.large_string()), ("eval_kind", pa.large_string()),
+    ("eval_name", pa.large_string()), ("metric", pa.large_string()),
+    ("value", pa.float64()), ("stderr", pa.float64()), ("n", pa.int64()),
+    # grid coordinates of the figure analyses (interpolation alpha; combination a, b)
+    ("alpha", pa.float64()), ("a", pa.float64()), ("b", pa.float64()),
+    # the validation document of a per-document row (eval_kind ppl_doc)
+    ("document", pa.large_string()),
+    # what trained the run, on every row, so a table of many runs needs no run.json: train.lr,
+    # train.tokens_per_stage and method.options (JSON with sorted keys)
+    ("lr", pa.float64()), ("tokens_per_stage", pa.int64()), ("method_options", pa.large_string()),
+])
+ROW_COLUMNS = ROW_SCHEMA.names
+ROWS_SCHEMA_VERSION = 2   # in run.json ("rows_schema") and rows.parquet's metadata (ROWS_SCHEMA_KEY)
+# the columns every row of one run holds the same value in (protocol._with_run_columns)
+RUN_COLUMNS = ["run_id", "model", "method", "seed", "sequence", "lr", "tokens_per_stage",
+               "method_options"]
 
 
-# rows.parquet's key-value metadata: the run.json written with these rows (see the module doc)
+# rows.parquet's key-value metadata: the run.json written with these rows (see the module doc),
+# and the rows schema version
 META_KEY = b"gainbench.run"
+ROWS_SCHEMA_KEY = b"gainbench.rows_schema"
+
+
+def rows_schema(meta: dict) -> int:
+    """The rows schema a run folder was written with (1: before the version was recorded)."""
+    return int(meta.get("rows_schema", 1))
 
 
 def read_record(run_dir: Path) -> dict:
@@ -202,17 +225,33 @@ class RunStore:
 
     def finish_stage(self, stage: int, stage_rows: list[dict], meta: dict) -> None:
         """Write the stage's rows, then mark it done in run.json (the resume point)."""
-        new = pd.DataFrame(stage_rows, columns=ROW_COLUMNS)
+        new = _fixed_columns(pd.DataFrame(stage_rows))
         old = self.rows()
-        rows = new if old.empty else pd.concat([old, new], ignore_index=True)
+        if not old.empty:   # a run begun by an older gainbench: fill what is known of every row
+            for column in RUN_COLUMNS:
+                if column not in old and not new.empty:
+                    old[column] = new[column].iloc[0]
+        rows = new if old.empty else pd.concat([_fixed_columns(old), new], ignore_index=True)
         meta = dict(meta)
         meta["finished_stages"] = sorted(set(self.finished_stages()) | {stage})
+        meta["rows_schema"] = ROWS_SCHEMA_VERSION
         record = json.dumps(meta, default=str).encode()
 
         def write_rows(tmp):  # the rows and the record that lists them: one rename
-            table = pa.Table.from_pandas(rows, preserve_index=False)
+            table = pa.Table.from_pandas(rows, schema=ROW_SCHEMA, preserve_index=False)
             pq.write_table(table.replace_schema_metadata(
-                {**(table.schema.metadata or {}), META_KEY: record}), tmp)
+                {**(table.schema.metadata or {}), META_KEY: record,
+                 ROWS_SCHEMA_KEY: str(ROWS_SCHEMA_VERSION).encode()}), tmp)
         atomic_write(self.rows_path, write_rows)
         atomic_write(self.run_dir / "rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
         write_json(self.meta_path, meta)
+
+
+def _fixed_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with exactly ROW_COLUMNS, in order (absent ones empty); a column outside them is
+    a programming error, refused rather than dropped."""
+    unknown = [c for c in rows.columns if c not in ROW_COLUMNS]
+    if unknown:
+        raise ValueError(f"row column(s) {unknown} are not in rows schema {ROWS_SCHEMA_VERSION}; "
+                         "add them to gainbench.results.store.ROW_SCHEMA (and bump its version)")
+    return rows.reindex(columns=ROW_COLUMNS)
