@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +47,23 @@ class StageTraining:
                 for k, v in values.items()]
 
 
+@dataclass(frozen=True)
+class TrainStep:
+    """One optimiser step, as ``train_stage``'s ``on_step`` receives it."""
+
+    step: int      # steps done in this stage, 1 to ``steps``
+    steps: int
+    loss: float    # the global batch's LM loss
+    lr: float      # the learning rate this step used
+    tokens: int    # tokens in the global batch
+
+
 def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tensor,
                 settings: TrainSettings, seed: int, exempt_from_weight_decay: bool = False,
                 regularization=None, desc: str = "train",
-                checkpoint: StageCheckpoint | None = None, ranks: Ranks = Ranks()) -> StageTraining:
+                checkpoint: StageCheckpoint | None = None, ranks: Ranks = Ranks(),
+                on_step: Callable[[TrainStep], None] | None = None,
+                progress_seconds: float = 30.0) -> StageTraining:
     """Train ``params`` of ``model`` on ``blocks`` (``[n, block_len]``), one epoch, seeded order.
 
     ``regularization``, if given, is called each step; a tensor it returns is added to the loss
@@ -63,6 +78,11 @@ def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tens
     Under ``ddp``/``fsdp`` each of the ``ranks`` computes its share of every global batch; the
     step, the losses and the trained ``params`` are those of one process training alone, up to
     floating-point summation order.
+
+    ``on_step``, if given, is called after every optimiser step that updated (a skipped non-finite
+    batch is not reported), on every rank. The main rank shows a progress bar on a terminal;
+    without one (a SLURM log) it prints a one-line progress to stderr every ``progress_seconds``
+    (0: never).
     """
     device = next(model.parameters()).device
     # Dropout draws from the global RNG: seed it here (and restore it after), so a stage trains
@@ -72,13 +92,14 @@ def train_stage(model, params: dict[str, torch.nn.Parameter], blocks: torch.Tens
         trained = for_training(model, params, settings.strategy, ranks)
         with activation_checkpointing(trained.module, settings.activation_checkpointing):
             result = _train(trained, blocks, settings, seed, exempt_from_weight_decay,
-                            regularization, desc, device, checkpoint, ranks)
+                            regularization, desc, device, checkpoint, ranks, on_step,
+                            progress_seconds)
         trained.finish()
         return result
 
 
 def _train(trained: TrainedModule, blocks, settings, seed, exempt_from_weight_decay,
-           regularization, desc, device, checkpoint, ranks) -> StageTraining:
+           regularization, desc, device, checkpoint, ranks, on_step, progress_seconds) -> StageTraining:
     params = trained.params
     decay = 0.0 if exempt_from_weight_decay else settings.weight_decay
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=decay,
@@ -94,6 +115,9 @@ def _train(trained: TrainedModule, blocks, settings, seed, exempt_from_weight_de
         print(f"gainbench: {desc}: continuing from step {done}/{steps} ({checkpoint.path.name})")
     skipped, start = 0, time.perf_counter()
     progress = tqdm(range(done, steps), desc=desc, leave=False, disable=None if ranks.is_main else True)
+    # tqdm draws nothing without a terminal (disable=None): a periodic line replaces it there
+    lines = (ProgressLines(desc, steps, done, progress_seconds)
+             if ranks.is_main and progress.disable and progress_seconds > 0 else None)
     for step in progress:
         batch = order[step * settings.batch_size:(step + 1) * settings.batch_size]
         loss = _forward_backward(trained, blocks, batch, settings, ranks, regularization, device)
@@ -106,16 +130,54 @@ def _train(trained: TrainedModule, blocks, settings, seed, exempt_from_weight_de
             continue
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]  # this step's, before the schedule moves on
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
         progress.set_postfix(loss=f"{losses[-1]:.3f}")
+        tokens = len(batch) * blocks.shape[1]
+        if lines:
+            lines.update(step + 1, loss, tokens)
+        if on_step:
+            on_step(TrainStep(step + 1, steps, loss, lr, tokens))
         if checkpoint and checkpoint.due(step + 1, steps):  # every rank: FSDP gathers shards
             checkpoint.save(step + 1, params, optimizer, scheduler, losses)
     return StageTraining(steps, int(blocks.numel()),
                          sum(losses) / max(len(losses), 1), losses[-1] if losses else float("nan"),
                          time.perf_counter() - start, skipped_batches=skipped)
+
+
+class ProgressLines:
+    """One line of progress every ``every`` seconds, for logs that are not a terminal:
+    ``gainbench: stage 3/8 train kjv_bible: step 40/128 loss 2.345 1,234 tokens/s ETA 1m05s``.
+    Rates and ETA count the steps this process ran (not those restored from a checkpoint)."""
+
+    def __init__(self, desc: str, steps: int, first_step: int, every: float, file=None):
+        self.desc, self.steps, self.first_step, self.every = desc, steps, first_step, every
+        self.file = file
+        self.start = self.last = time.perf_counter()
+        self.tokens = 0
+
+    def update(self, step: int, loss: float, tokens: int) -> None:
+        self.tokens += tokens
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last, elapsed = now, max(now - self.start, 1e-9)
+        eta = elapsed / (step - self.first_step) * (self.steps - step)
+        print(f"gainbench: {self.desc}: step {step}/{self.steps} loss {loss:.4f} "
+              f"{self.tokens / elapsed:,.0f} tokens/s ETA {_duration(eta)}",
+              file=self.file or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _forward_backward(trained: TrainedModule, blocks, batch: torch.Tensor, settings: TrainSettings,

@@ -130,3 +130,46 @@ def test_bf16_autocast_trains_close_to_fp32_and_leaves_evaluation_in_fp32(tiny_m
     assert validation_nll(never_trained, token_batch, n_bytes=1).total_nll == scored
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what an autocast evaluation would give
         assert validation_nll(bf16, token_batch, n_bytes=1).total_nll != scored
+
+
+def test_every_optimiser_step_is_reported_with_its_loss_and_learning_rate(tiny_model, token_batch):
+    from gainbench.training.loop import TrainStep
+
+    reported: list[TrainStep] = []
+    blocks = _blocks(token_batch, repeats=8)   # 32 blocks, 8 steps of 4
+    stats = train_stage(tiny_model, _params(tiny_model), blocks,
+                        TrainSettings(lr=1e-2, batch_size=4, warmup_fraction=0.25), seed=0,
+                        on_step=reported.append)
+    assert [s.step for s in reported] == list(range(1, 9)) and {s.steps for s in reported} == {8}
+    assert {s.tokens for s in reported} == {4 * 32}
+    assert sum(s.loss for s in reported) / 8 == pytest.approx(stats.mean_loss)
+    assert reported[-1].loss == stats.final_loss
+    # 2 warmup steps from 0, then cosine down from the peak
+    lrs = [s.lr for s in reported]
+    assert lrs[:3] == pytest.approx([0.0, 5e-3, 1e-2])
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_without_a_terminal_training_prints_a_periodic_progress_line(tiny_model, token_batch,
+                                                                       capsys):
+    import re
+
+    settings = TrainSettings(lr=1e-3, batch_size=4)
+    train_stage(tiny_model, _params(tiny_model), _blocks(token_batch), settings, seed=0,
+                desc="stage 2/8 train kjv_bible")   # the default: every 30 s, none in this test
+    assert capsys.readouterr().err == ""
+    train_stage(tiny_model, _params(tiny_model), _blocks(token_batch), settings, seed=0,
+                desc="stage 2/8 train kjv_bible", progress_seconds=1e-9)
+    lines = capsys.readouterr().err.splitlines()   # pytest's stderr is not a terminal
+    assert len(lines) == 4
+    assert all(re.fullmatch(r"gainbench: stage 2/8 train kjv_bible: step \d/4 loss \d+\.\d{4} "
+                            r"[\d,]+ tokens/s ETA \d+s", line) for line in lines), lines
+    assert lines[-1].startswith("gainbench: stage 2/8 train kjv_bible: step 4/4 ")
+    assert lines[-1].endswith("ETA 0s")
+
+
+def test_progress_durations_read_at_a_glance():
+    from gainbench.training.loop import _duration
+
+    assert [_duration(s) for s in (0.4, 59, 65, 3599, 3600 * 2 + 61)] == [
+        "0s", "59s", "1m05s", "59m59s", "2h01m"]
