@@ -189,13 +189,17 @@ class AnalysisSettings:
 
 @dataclass(frozen=True)
 class LoggerSettings:
-    """``logger:``: where rows are mirrored besides the run folder (configs/logger/)."""
+    """``logger:``: where rows are mirrored besides the run folder, and how often training
+    reports progress in a log that is not a terminal (configs/logger/)."""
 
     name: str = setting("none", choices=("none", "wandb"))
     project: str = setting("gainbench")
     entity: str | None = setting(None)
     mode: str = setting("offline", choices=("offline", "online", "disabled"))
 
+    progress_seconds: float = setting(30.0, min=0,
+                                      doc="without a terminal (a SLURM log): seconds between "
+                                          "one-line training progress reports; 0 = none")
 
 @dataclass(frozen=True)
 class MethodConfig:
