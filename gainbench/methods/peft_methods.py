@@ -25,7 +25,7 @@ def _get_peft_model(model: nn.Module, config, method: str) -> nn.Module:
         except ValueError as err:  # PEFT's word on targets it cannot find or adapt
             raise GainbenchError(
                 f"method '{method}' cannot adapt this {model_type_of(model)} model ({first_line(err)}); "
-                f"set method.options.targets to roles ({', '.join(ROLES)}) or suffixes of "
+                f"set method.options.targets to roles ({', '.join(ROLES)}), block_linear or suffixes of "
                 f"one block's linear modules: {block_module_names(model)}") from None
 
 
@@ -43,6 +43,20 @@ def _family_default(model: nn.Module, method: str, peft_defaults: dict) -> list[
         f"from one block's linear modules: {block_module_names(model)}")
 
 
+def _peft_target_modules(model: nn.Module, targets: list[str], method: str) -> list[str]:
+    """``targets`` as the module-name suffixes PEFT matches: roles become the family's suffixes,
+    ``block_linear`` every linear module of one decoder block (PEFT then adapts it in every
+    block, which is the set gainbench.models.architectures.resolve_targets names), and any other
+    target is already a suffix."""
+    suffixes: list[str] = []
+    for target in targets:
+        if target == "block_linear":
+            suffixes += [s for s in block_module_names(model) if s not in suffixes]
+        else:
+            suffixes += [s for s in target_suffixes(model, [target], method) if s not in suffixes]
+    return suffixes
+
+
 def _is_gpt2_conv1d(model: nn.Module) -> bool:
     return model_type_of(model) == "gpt2"  # Conv1D stores [in, out]: PEFT needs fan_in_fan_out
 
@@ -57,8 +71,9 @@ class _PeftMethod(Method):
 
 @register("lora")
 class LoRA(_PeftMethod):
-    """Low-rank ``W + (alpha/r) B A`` on ``targets``: roles or module suffixes; null is PEFT's
-    default modules for the family, or the family's ``attn_qv`` projections where PEFT has none."""
+    """Low-rank ``W + (alpha/r) B A`` on ``targets``: roles, ``block_linear`` or module suffixes;
+    null is PEFT's default modules for the family, or the family's ``attn_qv`` projections where
+    PEFT has none."""
 
     use_dora = False
 
@@ -73,12 +88,29 @@ class LoRA(_PeftMethod):
         if self.targets is None:
             targets = _family_default(model, self.name, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
         else:
-            targets = target_suffixes(model, self.targets, self.name)
+            targets = _peft_target_modules(model, self.targets, self.name)
         config = LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
             fan_in_fan_out=_is_gpt2_conv1d(model), task_type="CAUSAL_LM", use_dora=self.use_dora,
         )
         return _get_peft_model(model, config, self.name)
+
+
+@register("lora_gain_modules")
+class LoRAOnGainModules(LoRA):
+    """LoRA on the matrices GAIN-FFN scales (attention output and FFN down projection): the
+    additive-vs-multiplicative comparison with the adapted modules held equal."""
+
+    def __init__(self, targets=("attn_out", "ffn_down"), **lora_options):
+        super().__init__(targets=targets, **lora_options)
+
+
+@register("lora_all")
+class LoRAOnAllLinear(LoRA):
+    """LoRA on every linear matrix of every decoder block (all but the LM head)."""
+
+    def __init__(self, targets=("block_linear",), **lora_options):
+        super().__init__(targets=targets, **lora_options)
 
 
 @register("ia3")
@@ -104,7 +136,7 @@ class IA3(_PeftMethod):
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
 
         if self.targets is not None:
-            modules = {"target_modules": target_suffixes(model, self.targets, self.name),
+            modules = {"target_modules": _peft_target_modules(model, self.targets, self.name),
                        "feedforward_modules": []}
         else:
             attention = _family_default(model, self.name, TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING)
