@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import tempfile
 import time
 import warnings
@@ -109,8 +110,9 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
         settings.run_id, settings.resolved_config, model, domains, placement)
     # built before any stage changes the model: the diagnostic copies the base weights
     evaluators = _evaluators(settings, method, store, model, tokenizer, domains, placement)
-    mirror = WandbMirror((settings.logger or {}) if placement.is_main else {}, settings.run_id,
-                         store.run_dir)
+    # the run's optimiser steps keep counting across stages and resumes (train_steps)
+    mirror = WandbMirror.for_run(settings, store.run_dir, enabled=placement.is_main,
+                                 steps_done=sum(meta.get("train_steps", {}).values()))
     if done:
         placement.say(f"gainbench: resuming run {settings.run_id} after stage {max(done)}")
         model = _replay_finished_stages(model, method, store, done, evaluators, placement)
@@ -124,23 +126,24 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
         with _explain_out_of_memory(settings, stage):
             if stage > 0:
                 model, training = _train_and_absorb(model, method, domains, stage, settings, store,
-                                                    placement)
+                                                    placement, on_step=mirror.log_step)
             rows = []
             for evaluator in evaluators:
                 rows += evaluator(model, stage)
                 meta.update(evaluator.provenance)
         if training is not None:
             rows += training.rows()
-            meta["trainable_params"] = training.trainable_params
+            meta["trainable_params"] = training.trainable_params   # an int; the row's value a float
+            meta.setdefault("train_steps", {})[str(stage)] = training.steps
         meta["stage_seconds"][str(stage)] = round(time.perf_counter() - started, 2)
         if placement.is_main:
             store.finish_stage(stage, [_with_run_columns(r, settings, stage) for r in rows], meta)
         placement.barrier()
-        mirror.log_stage(stage, rows)
+        mirror.log_stage(stage, rows, steps=training.steps if training else 0)
         placement.say(f"gainbench: stage {stage}/{last_stage} done in "
                       f"{meta['stage_seconds'][str(stage)]} s")
 
-    mirror.finish()
+    mirror.finish(store.run_dir)   # with the run's summary metrics and its rows as an artifact
     if placement.is_main:
         print_summary(store.rows(), [d.name for d in settings.domains],
                       settings.lm_eval.headline_metrics)
@@ -192,7 +195,7 @@ def _explain_out_of_memory(settings: RunSettings, stage: int):
 
 
 def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: int,
-                      settings: RunSettings, store: RunStore, placement: Placement):
+                      settings: RunSettings, store: RunStore, placement: Placement, on_step=None):
     """Attach a fresh adapter, train it on the stage's domain, save what reproduces the stage,
     absorb. Returns the plain model and the training statistics."""
     domain, seed = domains[stage - 1], _stage_seed(settings.seed, stage)
@@ -211,7 +214,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
                            exempt_from_weight_decay=method.exempt_from_weight_decay,
                            regularization=lambda: method.regularization(adapted),
                            desc=f"stage {stage}/{len(domains)} train {domain.name}",
-                           checkpoint=checkpoint, ranks=placement.ranks)
+                           checkpoint=checkpoint, ranks=placement.ranks, on_step=on_step,
+                           progress_seconds=(settings.logger or {}).get("progress_seconds", 30.0))
     method.after_training(adapted, blocks, settings.train.batch_size)
     state = placement.gather(method.stage_state(adapted))
     if placement.is_main:
@@ -287,8 +291,13 @@ def _replay_finished_stages(model, method: Method, store: RunStore, done: list[i
 
 
 def _with_run_columns(row: dict, settings: RunSettings, stage: int) -> dict:
+    """A measurement as a row of rows.parquet (gainbench.results.store.ROW_SCHEMA): what the run
+    is, and what trained it, on every row."""
     return {"run_id": settings.run_id, "model": settings.model.name,
             "method": settings.method_name, "seed": settings.seed,
             "sequence": settings.sequence_name, "stage": stage,
             "stage_domain": settings.domains[stage - 1].name if stage > 0 else "base",
-            "stderr": float("nan"), **row}
+            "stderr": float("nan"), "lr": settings.train.lr,
+            "tokens_per_stage": settings.train_tokens,
+            "method_options": json.dumps(settings.method_options, sort_keys=True, default=str),
+            **row}
