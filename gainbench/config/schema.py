@@ -17,8 +17,9 @@ Run ids
     of the typed config (what is measured) as sorted JSON. Whether a field is identity is declared
     beside it (``role``): ``execution`` fields (``train.strategy``, ``shard_weights``,
     ``grad_accum_steps``, ``activation_checkpointing``, ``checkpoint_every``, ``results_dir``,
-    ``device``, and ``eval.val_min_documents``, which only refuses data) say how or where a run
-    computes the same numbers, and ``presentation`` fields
+    ``device``, ``eval.val_min_documents``, which only refuses data, and ``save_model`` and
+    ``save_adapters``, which only keep more of it) say how or where a run computes the same
+    numbers, and ``presentation`` fields
     (``logger``, ``model.download_hint``) how it is shown; neither is hashed, so a job requeued
     on other hardware, with another logger or another results root resumes its own folder.
 
@@ -196,10 +197,10 @@ class LoggerSettings:
     project: str = setting("gainbench")
     entity: str | None = setting(None)
     mode: str = setting("offline", choices=("offline", "online", "disabled"))
-
     progress_seconds: float = setting(30.0, min=0,
                                       doc="without a terminal (a SLURM log): seconds between "
                                           "one-line training progress reports; 0 = none")
+
 
 @dataclass(frozen=True)
 class MethodConfig:
@@ -246,6 +247,13 @@ class GainbenchConfig:
     seed: int = setting(0, min=0, doc="training data order, initialisation, lm-eval sampling")
     device: str = setting("auto", role=EXECUTION, doc="auto | cpu | cuda | cuda:1 ...")
     results_dir: str = setting("runs", role=EXECUTION, doc="one folder per run: <results_dir>/<run_id>/")
+    # What a run keeps besides its results (gainbench/results/export.py); never in the run id.
+    save_model: str = setting("none", choices=("none", "final", "every_stage"), role=EXECUTION,
+                              doc="the absorbed model as an HF folder: <run>/model/final/ after the "
+                                  "last stage, or <run>/model/stage_<k>/ after each")
+    save_adapters: bool = setting(False, role=EXECUTION,
+                                  doc="PEFT methods (LoRA family, (IA)^3): each stage's adapter, before "
+                                      "the merge, as <run>/adapters/stage_<k>/")
     lr_scale: float | None = setting(None, positive=True, neutral=None,
                                      doc="experiment=lr_sweep: train.lr is method.lr times this")
     model: ModelSpec = setting()
