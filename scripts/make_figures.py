@@ -1,39 +1,7 @@
-"""Regenerate the paper's figures from run folders alone (PNG and PDF).
+"""``python scripts/make_figures.py ...`` is ``gainbench-figures ...`` (gainbench/commands/figures.py),
+kept so the commands written before the console script keep working."""
 
-    python scripts/make_figures.py results/miniature/ --out results/figures/
-    python scripts/make_figures.py runs/ --out figs/ --figures heatmap tradeoff
-
-Reads rows.parquet, run.json and (for the per-token histograms) per_token/*.npy of every run
-folder under the given paths; runs no model. Figures are defined in gainbench/results/figures.py.
-"""
-
-import argparse
-import sys
-from pathlib import Path
-
-from gainbench.errors import GainbenchError
-from gainbench.results.figures import FIGURES, write_figures
-from gainbench.results.runs import load_runs
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1],
-                                     epilog="figures: " + ", ".join(FIGURES))
-    parser.add_argument("paths", nargs="+", help="run folders or folders that contain them")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the image files")
-    parser.add_argument("--figures", nargs="+", metavar="NAME", choices=list(FIGURES),
-                        help="only these figures")
-    parser.add_argument("--formats", nargs="+", default=["png", "pdf"])
-    args = parser.parse_args()
-    try:
-        runs = load_runs(args.paths)
-    except (FileNotFoundError, GainbenchError) as err:
-        sys.exit(f"make_figures: error: {err.args[0]}")
-    if not runs:
-        sys.exit(f"make_figures: error: no run folders (with run.json) under {args.paths}")
-    written = write_figures(runs, args.out, args.figures, tuple(args.formats))
-    print(f"wrote {len(written)} files to {args.out}")
-
+from gainbench.commands.figures import main
 
 if __name__ == "__main__":
     main()

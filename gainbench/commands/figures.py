@@ -1,0 +1,44 @@
+"""``gainbench-figures``: regenerate the paper's figures from run folders alone (PNG and PDF).
+
+    gainbench-figures results/miniature/ --out results/figures/
+    gainbench-figures runs/ --out figs/ --figures heatmap tradeoff
+
+Reads rows.parquet, run.json and (for the per-token histograms) per_token/*.npy of every run
+folder under the given paths; runs no model. Figures are defined in gainbench/results/figures.py
+and drawn with matplotlib (``pip install 'gainbench[figures]'``). ``python scripts/make_figures.py``
+is the same command.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from gainbench.errors import GainbenchError
+from gainbench.extras import require_extra
+from gainbench.results.figures import FIGURES, write_figures
+from gainbench.results.runs import load_runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="gainbench-figures",
+                                     description="Regenerate the paper's figures (PNG and PDF) from run folders alone.",
+                                     epilog="figures: " + ", ".join(FIGURES))
+    parser.add_argument("paths", nargs="+", help="run folders or folders that contain them")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the image files")
+    parser.add_argument("--figures", nargs="+", metavar="NAME", choices=list(FIGURES),
+                        help="only these figures")
+    parser.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    args = parser.parse_args()
+    try:
+        require_extra("figures", parser.prog)  # before any file is read or folder made
+    except GainbenchError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        runs = load_runs(args.paths)
+    except (FileNotFoundError, GainbenchError) as err:
+        sys.exit(f"{parser.prog}: error: {err.args[0]}")
+    if not runs:
+        sys.exit(f"{parser.prog}: error: no run folders (with run.json) under {args.paths}")
+    written = write_figures(runs, args.out, args.figures, tuple(args.formats))
+    print(f"wrote {len(written)} files to {args.out}")
