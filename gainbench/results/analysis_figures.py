@@ -55,7 +55,7 @@ def per_token_histograms(runs: list[Run]):
             if domain in changes:
                 ax.hist(changes[domain], bins=bins, histtype="step", density=True,
                         lw=method_style(run.method)["linewidth"], color=method_color(run.method),
-                        label=f"{run.variant} (mean {changes[domain].mean():+.3f})")
+                        label=f"{run.label} (mean {changes[domain].mean():+.3f})")
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_xlabel("per-token loss change after - before (nats)")
         ax.set_ylabel("density")
@@ -91,7 +91,7 @@ def interpolation_curves(runs: list[Run]):
         ax.axvline(1, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("alpha (0 = before the stage, 1 = after)")
         ax.set_ylabel("validation PPL change vs alpha = 0 (%)")
-        ax.set_title(f"{run.variant} on {run.model}: interpolating stage "
+        ax.set_title(f"{run.label} on {run.model}: interpolating stage "
                      f"{', '.join(str(int(s)) for s in rows['stage'].unique())}", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -126,7 +126,7 @@ def combination_grids(runs: list[Run]):
             ax.set_ylabel("a (scale of stage A's update)")
             ax.set_title(title)
             fig.colorbar(image, ax=ax, label="PPL change vs base (%)")
-        fig.suptitle(f"{run.variant} on {run.model}: combining the updates of stages "
+        fig.suptitle(f"{run.label} on {run.model}: combining the updates of stages "
                      f"{b_stage - 1} (A) and {b_stage} (B)")
         fig.tight_layout()
         out.append((f"combination_{run.run_id}", fig))

@@ -12,13 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from gainbench.results.analysis_figures import (combination_grids, interpolation_curves,
                                                 per_token_histograms)
-from gainbench.results.plotting import diverging_cells, method_style, pct_change, pyplot
+from gainbench.results.plotting import (METHOD_ORDER, diverging_cells, method_style, pct_change,
+                                        pyplot)
 from gainbench.results.run_metrics import headline_metric, headline_metrics_of, run_metrics
-from gainbench.results.runs import Run
+from gainbench.results.runs import Run, compact_number, display_name
 
 
 def ppl_change_heatmaps(runs: list[Run]):
@@ -38,54 +40,139 @@ def ppl_change_heatmaps(runs: list[Run]):
         ax.set_xlabel("evaluated domain")
         ax.set_ylabel("after training stage")
         fig.colorbar(image, ax=ax, label="validation PPL change vs base (%)")
-        ax.set_title(f"{run.variant} on {run.model}, seed {run.seed}: PPL change vs base "
+        ax.set_title(f"{run.label} on {run.model}, seed {run.seed}: PPL change vs base "
                      f"(blue = better; box = domain just trained)", fontsize=10)
         fig.tight_layout()
         out.append((f"heatmap_{run.run_id}", fig))
     return out
 
 
+def _method_order(method: str) -> tuple:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
+    """run id -> (what tells the run's point from its method's other points, how to read it).
+    A method swept over learning rates alone, from one default lr: the multiple of the default
+    (``×4``, read as ``× lr 0.003``); a method with one point: its learning rate (``lr``); a
+    sweep of anything else: the keys its variant differs in (``l2=10``, read as is)."""
+    out = {}
+    by_method: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault((run.model, run.method), []).append(run)
+    for group in by_method.values():
+        defaults = {r.config["method"].get("lr") for r in group}
+        default = defaults.pop() if len(defaults) == 1 else None
+        lr_only = all(set(r.variant_keys) <= {"lr"} for r in group)
+        swept = len({r.variant for r in group}) > 1
+        for run in group:
+            if lr_only and swept and default:
+                out[run.run_id] = (f"×{compact_number(round(run.lr / float(default), 4))}",
+                                   f"× lr {compact_number(float(default))}")
+            elif lr_only:
+                out[run.run_id] = (compact_number(run.lr), "lr")
+            else:
+                out[run.run_id] = (", ".join(f"{k}={v}" for k, v in run.variant_keys.items()), "")
+    return out
+
+
 def _tradeoff_points(runs: list[Run]) -> pd.DataFrame:
+    labels = _point_labels(runs)
     lines = []
     for run in runs:
         m = run_metrics(run)
+        point, reading = labels[run.run_id]
         lines.append({"model": run.model, "method": run.method, "variant": run.variant,
-                      "seed": run.seed, "gain": -m["in-domain dPPL%"],
-                      "vs base": m["earlier dPPL% vs base"],
+                      "point": point, "reading": reading, "seed": run.seed,
+                      "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
     return pd.DataFrame(lines).dropna()
 
 
+def _coincident(means: pd.DataFrame, columns: list[str], tol: float = 0.005) -> dict[str, str]:
+    """method -> an earlier method (in ``METHOD_ORDER``) every point of which it sits on, within
+    ``tol`` of each axis's span: drawn there, it would hide or be hidden."""
+    span = (means[columns].max() - means[columns].min()).replace(0, 1.0)
+    shapes = {m: np.sort((g[columns] / span).to_numpy(), axis=0)
+              for m, g in means.groupby("method")}
+    methods = sorted(shapes, key=_method_order)
+    out = {}
+    for i, method in enumerate(methods):
+        for earlier in methods[:i]:
+            a, b = shapes[method], shapes[earlier]
+            if a.shape == b.shape and np.allclose(a, b, rtol=0, atol=tol):
+                out[method] = earlier
+                break
+    return out
+
+
+# Where each method's point labels sit around its points (offset in points, alignment), so
+# that labels of methods close together do not land on each other.
+_LABEL_PLACES = ((-6, 5, "right", "bottom"), (6, -5, "left", "top"), (6, 5, "left", "bottom"),
+                 (-6, -5, "right", "top"))
+
+
 def tradeoff_scatter(runs: list[Run]):
-    """Figure 2: in-domain gain against earlier-domain change, one point per method variant
-    (mean over seeds, bars = min..max over seeds), both references side by side, per model."""
+    """Figure 2: in-domain gain against earlier-domain change, both references side by side,
+    per model: one point per method variant (mean over seeds, bars = min..max over seeds), a
+    method's variants joined along its front, each point labelled with its learning rate (or
+    its multiple of the method's default lr in a sweep; or the setting its variant differs in).
+    Every method has its own marker, baselines open and drawn above GAIN's filled stars, so
+    points that coincide stay visible; the legend names a method whose points all coincide
+    with another's."""
     plt = pyplot()
     points = _tradeoff_points(runs)
     out = []
     for model, per_model in points.groupby("model"):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        means = per_model.groupby(["method", "variant"], as_index=False)[
+            ["gain", "vs base", "vs just-trained"]].mean()
+        on_top_of = _coincident(means, ["gain", "vs base", "vs just-trained"])
+        methods = sorted(per_model["method"].unique(), key=_method_order)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
         for ax, reference in zip(axes, ["vs base", "vs just-trained"]):
-            for method, per_method in per_model.groupby("method"):
-                stats = per_method.groupby("variant").agg(
+            for i, method in enumerate(methods):
+                per_method = per_model[per_model["method"] == method]
+                stats = per_method.groupby(["variant", "point"]).agg(
                     x=("gain", "mean"), y=(reference, "mean"),
                     x0=("gain", "min"), x1=("gain", "max"), y0=(reference, "min"),
                     y1=(reference, "max")).sort_values("x")
+                reading = per_method["reading"].iloc[0]
+                label = display_name(method) + (f" ({reading})" if reading not in ("", "lr") else "")
+                if method in on_top_of:
+                    label += f", on {display_name(on_top_of[method])}'s points"
                 style = method_style(method)
-                ax.errorbar(stats["x"], stats["y"],
-                            xerr=[stats["x"] - stats["x0"], stats["x1"] - stats["x"]],
-                            yerr=[stats["y"] - stats["y0"], stats["y1"] - stats["y"]],
-                            label=method, linestyle="-" if len(stats) > 1 else "none",
-                            capsize=2, **style)
+                ax.plot(stats["x"], stats["y"], label=label,
+                        **{**style, "linestyle": "-" if len(stats) > 1 else "none"})
+                spread = stats[(stats["x1"] > stats["x0"]) | (stats["y1"] > stats["y0"])]
+                ax.errorbar(spread["x"], spread["y"], fmt="none", capsize=2, ecolor=style["color"],
+                            elinewidth=1, zorder=style["zorder"],
+                            xerr=[spread["x"] - spread["x0"], spread["x1"] - spread["x"]],
+                            yerr=[spread["y"] - spread["y0"], spread["y1"] - spread["y"]])
+                if method in on_top_of:   # its labels would repeat the other method's
+                    continue
+                dx, dy, ha, va = _LABEL_PLACES[i % len(_LABEL_PLACES)]
+                for (_, point), row in stats.iterrows():
+                    ax.annotate(point, (row["x"], row["y"]), xytext=(dx, dy),
+                                textcoords="offset points", ha=ha, va=va, fontsize=7,
+                                color=style["color"], zorder=4)
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xlabel("in-domain gain: -(mean in-domain PPL change) (%)")
             ax.set_ylabel(f"earlier domains, final PPL change {reference} (%)")
             ax.set_title(f"earlier-domain change {reference}\n(below 0 = better than "
                          f"{'the base model' if reference == 'vs base' else 'right after training'})",
                          fontsize=10)
-        axes[0].legend(title="method (stars: GAIN)")
-        fig.suptitle(f"{model}: forgetting vs adaptation, one point per method and hyperparameter "
-                     f"(mean over seeds, bars: seed range)")
-        fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+                   title="method (stars: GAIN; open markers: baselines, drawn on top)",
+                   title_fontsize=8, bbox_to_anchor=(0.5, -0.02))
+        readings = set(per_model["reading"])
+        numbers = ("learning rate" if readings == {"lr"} else
+                   "multiple of the method's default learning rate (legend)"
+                   if readings <= {"lr"} | {r for r in readings if r.startswith("×")} else
+                   "the setting each point differs in")
+        fig.suptitle(f"{model}: forgetting vs adaptation, one point per method variant; "
+                     f"numbers: {numbers}\n(mean over seeds, bars: seed range)", fontsize=11)
+        fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(labels) - 1) // 4), 1, 1))
         out.append((f"tradeoff_{model}", fig))
     return out
 
@@ -100,36 +187,56 @@ def _headline_scores(run: Run) -> pd.DataFrame:
 
 
 def downstream_per_stage(runs: list[Run]):
-    """lm-eval score after each stage it ran at, per task by its headline metric (acc_norm for
-    HellaSwag, ARC-Challenge, OpenBookQA, acc otherwise: run_metrics.headline_metric), one line
-    per method variant (mean over seeds), bars = ± 1.96 x lm-eval's standard error (mean over
-    seeds): which of the task's items were drawn, not seeds."""
+    """lm-eval score at each stage it ran at, per task by its headline metric (acc_norm for
+    HellaSwag, ARC-Challenge, OpenBookQA, acc otherwise: run_metrics.headline_metric), per
+    method variant (mean over seeds), bars = ± 1.96 x lm-eval's standard error (mean over
+    seeds): which of the task's items were drawn, not seeds.
+
+    Only the evaluated stages are on the x axis, evenly spaced, each with its markers and bars;
+    a line joins two of them only where they are consecutive stages (nothing was measured in
+    between). Variants sit side by side within a stage, so equal scores stay visible."""
     plt = pyplot()
-    scores = pd.concat([_headline_scores(r).assign(variant=r.variant, model_name=r.model,
-                                                   method_name=r.method)
+    scores = pd.concat([_headline_scores(r).assign(variant=r.variant, label=r.label,
+                                                   model_name=r.model, method_name=r.method)
                         for r in runs] or [pd.DataFrame()])
     if scores.empty:
         return []
     out = []
     for model, per_model in scores.groupby("model_name"):
         tasks = sorted(per_model["eval_name"].unique())
-        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+        stages = sorted(int(s) for s in per_model["stage"].unique())
+        position = {stage: i for i, stage in enumerate(stages)}
+        curves = sorted(per_model.groupby(["method_name", "variant", "label"]).groups,
+                        key=lambda key: (_method_order(key[0]), key[1]))
+        fig, axes = plt.subplots(1, len(tasks), figsize=((1.2 * len(stages) + 2.5) * len(tasks), 4),
+                                 squeeze=False)
         for ax, task in zip(axes[0], tasks):
             per_task = per_model[per_model["eval_name"] == task]
-            curves = list(per_task.groupby(["method_name", "variant"]))
-            for i, ((method, variant), curve) in enumerate(curves):
+            for i, (method, variant, label) in enumerate(curves):
+                curve = per_task[per_task["variant"] == variant]
+                if curve.empty:
+                    continue
                 mean = curve.groupby("stage")[["value", "stderr"]].mean()
+                dodge = 0.6 * (i / (len(curves) - 1) - 0.5) if len(curves) > 1 else 0.0
+                x = [position[int(s)] + dodge for s in mean.index]
                 style = method_style(method)
-                dodge = 0.06 * (i - (len(curves) - 1) / 2)   # overlapping bars side by side
-                ax.errorbar(mean.index + dodge, 100 * mean["value"], yerr=196 * mean["stderr"],
-                            label=variant, marker=style["marker"], lw=style["linewidth"],
-                            markersize=style["markersize"] * 0.7, color=style["color"], capsize=2)
-            ax.set_xlabel("after stage (0 = base model)")
+                ax.errorbar(x, 100 * mean["value"], yerr=196 * mean["stderr"], label=label,
+                            capsize=2, **{**style, "linestyle": "none",
+                                          "markersize": style["markersize"] * 0.7})
+                for (s0, y0), (s1, y1), x0, x1 in zip(mean["value"].items(),
+                                                      list(mean["value"].items())[1:], x, x[1:]):
+                    if s1 == s0 + 1:   # consecutive stages: the line says nothing unmeasured
+                        ax.plot([x0, x1], [100 * y0, 100 * y1], color=style["color"],
+                                lw=style["linewidth"], zorder=1)
+            ax.set_xticks(range(len(stages)), [f"{s} (base)" if s == 0 else str(s) for s in stages])
+            ax.set_xlim(-0.6, len(stages) - 0.4)
+            ax.set_xlabel("after stage (only the stages lm-eval ran at)")
             ax.set_ylabel(f"{'/'.join(sorted(per_task['metric'].unique()))} (%)")
             ax.set_title(task)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"{model}: downstream score per stage, each task by its headline metric "
-                     f"(mean over seeds; bars: ± 1.96 lm-eval stderr over the task's items)",
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        fig.suptitle(f"{model}: downstream score at the evaluated stages, each task by its headline "
+                     f"metric\n(mean over seeds; bars: ± 1.96 lm-eval stderr over the task's items)",
                      fontsize=10)
         fig.tight_layout()
         out.append((f"downstream_{model}", fig))

@@ -23,9 +23,12 @@ def pct_change(delta_nll):
     return 100.0 * np.expm1(delta_nll)
 
 
-# One colour per method in every figure (tab10 order), so a method is recognised across panels.
+# One colour and one marker per method in every figure, so a method is recognised across panels.
 METHOD_ORDER = ("gain", "gain_ffn", "lora", "full_ft", "ia3", "ia3_peft", "dora", "lora_l2",
-                "replay_lora", "ewc")
+                "replay_lora", "ewc", "lora_all", "lora_gain_modules")
+_MARKERS = {"gain": "*", "gain_ffn": "*", "lora": "o", "full_ft": "s", "ia3": "D",
+            "ia3_peft": "d", "dora": "^", "lora_l2": "v", "replay_lora": "<", "ewc": ">",
+            "lora_all": "h", "lora_gain_modules": "p"}
 
 
 def method_color(method: str) -> str:
@@ -34,10 +37,15 @@ def method_color(method: str) -> str:
 
 
 def method_style(method: str) -> dict:
-    """GAIN's variants stand out (filled stars, thick); baselines are plain circles."""
+    """GAIN's variants stand out (filled stars, thick lines, drawn first); every baseline has
+    its own open marker drawn above them, so a baseline whose points coincide with another
+    method's (ia3 is GAIN's scaling through PEFT) still shows as a ring around it. Keyword
+    arguments for ``plot`` / ``errorbar``."""
+    color = method_color(method)
     if method in GAIN_METHODS:
-        return {"marker": "*", "markersize": 14, "linewidth": 2.2, "zorder": 3, "color": method_color(method)}
-    return {"marker": "o", "markersize": 7, "linewidth": 1.2, "zorder": 2, "color": method_color(method)}
+        return {"marker": "*", "markersize": 14, "linewidth": 2.2, "zorder": 2, "color": color}
+    return {"marker": _MARKERS.get(method, "o"), "markersize": 9, "linewidth": 1.2, "zorder": 3,
+            "color": color, "markerfacecolor": "none", "markeredgewidth": 1.6}
 
 
 def diverging_cells(ax, values: np.ndarray, **imshow_kwargs):

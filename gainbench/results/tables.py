@@ -22,7 +22,7 @@ from gainbench.results.fronts import matched_comparison
 from gainbench.results.intervals import DocumentBootstrap, combine
 from gainbench.results.run_metrics import (RUN_METRICS, diagnostic_by_role, diagnostic_summary,
                                            downstream_changes, run_metrics)
-from gainbench.results.runs import Run, load_runs
+from gainbench.results.runs import Run, Study, load_runs, load_studies
 
 CI = " ±"  # suffix of a column holding the 95% half-width of the column it follows
 # What the ± of the per-method tables covers (gainbench/results/intervals.py).
@@ -228,17 +228,43 @@ TABLES: dict[str, Table] = {
 }
 
 
-def build_tables(paths, names=None, matched_at=None) -> dict[str, list[tuple[str, pd.DataFrame]]]:
-    """``matched_at``: in-domain gains (%) at which the ``matched`` table compares the fronts
-    (default: the middle of each pair's common range)."""
-    runs = load_runs(paths)
-    if not runs:
-        raise FileNotFoundError(f"no run folders (with run.json) under {list(map(str, paths))}")
+# One line or one matrix per run: long over a sweep, so ``make_tables`` prints them only when
+# named (``--tables runs``); ``--out`` writes them beside the others.
+PER_RUN_TABLES = ("ppl_matrix", "runs")
+
+
+def _check_names(names) -> None:
     unknown = sorted(set(names or ()) - set(TABLES))
     if unknown:
         raise KeyError(f"unknown table(s) {unknown}; known: {sorted(TABLES)}")
+
+
+def tables_of(runs: list[Run], names=None, matched_at=None) -> dict[str, list[tuple[str, pd.DataFrame]]]:
+    """The tables ``names`` (default: all) of the loaded runs; ``matched_at`` as in
+    ``build_tables``."""
+    _check_names(names)
     return {name: (matched_table(runs, matched_at) if name == "matched" else TABLES[name].build(runs))
             for name in (names or TABLES)}
+
+
+def build_tables(paths, names=None, matched_at=None) -> dict[str, list[tuple[str, pd.DataFrame]]]:
+    """Every run under ``paths`` read together. ``matched_at``: in-domain gains (%) at which the
+    ``matched`` table compares the fronts (default: the middle of each pair's common range)."""
+    _check_names(names)
+    runs = load_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no run folders (with run.json) under {list(map(str, paths))}")
+    return tables_of(runs, names, matched_at)
+
+
+def build_studies(paths, names=None, matched_at=None) -> list[tuple[Study, dict]]:
+    """The tables of each group of comparable runs under ``paths`` (``runs.load_studies``: one
+    per sequence, and per results folder when one path holds several)."""
+    _check_names(names)
+    studies = load_studies(paths)
+    if not studies:
+        raise FileNotFoundError(f"no run folders (with run.json) under {list(map(str, paths))}")
+    return [(study, tables_of(study.runs, names, matched_at)) for study in studies]
 
 
 # --- one line per run ------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """Fixtures for the results tests: the table and figure scripts, run in this process."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
-from gainbench.paths import CONFIG_DIR
 from tests.conftest import load_script
 
-SCRIPTS = CONFIG_DIR.parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"   # the checkout's, beside tests/
 
 
 @pytest.fixture

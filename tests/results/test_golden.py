@@ -100,13 +100,16 @@ def test_ppl_matrix_round_trips(tables):
 
 def test_rendered_markdown_and_latex(tables):
     md = render("earlier", tables["earlier"], "md")
-    assert "| tiny    | gain_ffn         |       2 |          -13.75 ± 15.88 |" in md
+    # display names in print (the frames keep the registry names), numbers right-aligned
+    assert "| tiny    | GAIN-FFN         |       2 |          -13.75 ± 15.88 |" in md
+    assert "| LoRA (lr=0.0001) |" in md and "gain_ffn" not in md
     assert "0.00 |" in md  # the real zero
     runs_md = render("runs", tables["runs"], "md")
     unfinished = next(line for line in runs_md.splitlines() if "seed1-lr0.001" in line)
     assert "nan" not in unfinished and " - |" in unfinished  # missing, never 0 or nan
     latex = render("earlier", tables["earlier"], "latex")
-    assert r"dPPL\%" in latex and r"\begin{tabular}" in latex and "-13.75 ± 15.88" in latex
+    assert r"dPPL\%" in latex and r"\begin{tabular}{llrrr}" in latex
+    assert r"-13.75 $\pm$ 15.88" in latex and "GAIN-FFN" in latex
 
 
 def test_every_table_is_defined_once_and_builds():

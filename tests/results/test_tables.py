@@ -38,7 +38,7 @@ def test_comparison_table_from_folders(tmp_path, script, capsys):
 
     script("make_tables", tmp_path, "--tables", "runs")
     out = capsys.readouterr().out
-    lora_line = next(line for line in out.splitlines() if "| lora" in line and "1/2" in line)
+    lora_line = next(line for line in out.splitlines() if "| LoRA" in line and "1/2" in line)
     assert "nan" not in lora_line and " - " in lora_line
 
 
@@ -126,4 +126,4 @@ def test_diagnostic_table_per_role_and_the_empty_table_note(tmp_path):
     assert line["update size (%)"] == pytest.approx(2.0)
     assert line["random row"] == 0.5 and line["outside row(W)"] == 0.0
     md = render("diagnostic", [(model, table)], "md")
-    assert "| gain_ffn | down   |" in md and "64 x 128" in md
+    assert "| GAIN-FFN | down   |" in md and "64 x 128" in md
