@@ -1,13 +1,18 @@
 """``gainbench-tables``: regenerate the paper's tables from run folders alone.
 
-    gainbench-tables results/miniature/                 # every table, Markdown
+    gainbench-tables results/miniature/                 # the tables, Markdown
+    gainbench-tables results/                           # one section per results folder
     gainbench-tables runs/ --tables earlier downstream   # a selection
     gainbench-tables runs/ --out tables/                 # <name>.md and <name>.tex
     gainbench-tables runs/ --tables runs --columns method "BWT (nats)"
     gainbench-tables runs/sweep --tables matched --matched-at 2 4 8
 
 Reads rows.parquet and run.json of every run folder under the given paths (one machine's or a
-whole SLURM sweep's); runs no model. Tables are defined in gainbench/results/tables.py.
+whole SLURM sweep's); runs no model. Tables are defined in gainbench/results/tables.py, the
+command in gainbench/results/render.py (``make_tables``). Printed, the per-run tables
+(ppl_matrix, runs) appear only when named; ``--out`` writes every table. A folder holding several
+results folders (``results/``) is read one results folder and sequence at a time, each under
+its own heading (in its own subfolder of ``--out``); paths named together are read together.
 ``python scripts/make_tables.py`` is the same command.
 """
 
@@ -16,13 +21,13 @@ import sys
 from pathlib import Path
 
 from gainbench.errors import GainbenchError
-from gainbench.results.render import render
-from gainbench.results.tables import TABLES, build_tables
+from gainbench.results.render import make_tables
+from gainbench.results.tables import TABLES
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="gainbench-tables",
-                                     description="Regenerate the paper's tables from run folders alone.",
+    parser = argparse.ArgumentParser(prog="gainbench-tables", description="Regenerate the paper's "
+                                     "tables from run folders alone.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="tables: " + ", ".join(TABLES))
     parser.add_argument("paths", nargs="+", help="run folders or folders that contain them")
@@ -35,26 +40,7 @@ def main() -> None:
                              "(default: the middle of each pair's common range)")
     args = parser.parse_args()
     try:
-        tables = build_tables(args.paths, args.tables, args.matched_at)
-    except (FileNotFoundError, KeyError, GainbenchError) as err:
+        print(make_tables(args.paths, args.tables, args.out, "latex" if args.latex else "md",
+                          args.columns, args.matched_at))
+    except (FileNotFoundError, KeyError, ValueError, GainbenchError) as err:
         sys.exit(f"{parser.prog}: error: {err.args[0]}")
-    if args.columns:
-        if len(tables) != 1:
-            sys.exit(f"{parser.prog}: error: --columns needs exactly one table (--tables NAME)")
-        (name, parts), = tables.items()
-        for caption, table in parts:
-            unknown = [c for c in args.columns if c not in table.columns]
-            if unknown:
-                sys.exit(f"{parser.prog}: error: unknown column(s) {unknown}; "
-                         f"the table has: {list(table.columns)}")
-        tables[name] = [(caption, table[args.columns]) for caption, table in parts]
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name, parts in tables.items():
-            (args.out / f"{name}.md").write_text(render(name, parts, "md"))
-            (args.out / f"{name}.tex").write_text(render(name, parts, "latex"))
-        print(f"wrote {len(tables)} tables (.md and .tex) to {args.out}")
-        return
-    print("\n".join(render(name, parts, "latex" if args.latex else "md")
-                    for name, parts in tables.items()))
-
