@@ -2,6 +2,13 @@
 
     python benchmarks/absorbed_inference.py [--model smollm2|tiny] [--batch-size 4] [--seq-len 128]
                                             [--reps 5] [--threads 1] [--quick] [--out DIR]
+    python benchmarks/absorbed_inference.py --model qwen2.5-7b --device cuda --dtype bfloat16 \
+                                            --seq-len 2048      # on a GPU (benchmarks/gpu_check.sh)
+
+``--model gpt2-large`` or ``qwen2.5-7b``: random-init models of those exact architectures
+(benchmarks/gpu.py's), built on ``--device`` in ``--dtype``: the latency of a paper-sized
+model without its weights (the embedded SmolLM2 is the only real checkpoint here);
+``tiny-gpt2``/``tiny-qwen2`` take the same path at toy size (gpu_check.sh --dry-run).
 
 GAIN-FFN is attached through the registry and trained for a short stage at a high learning rate
 (so its scales are clearly not 1), then absorbed. Compared with the untouched base model:
@@ -12,7 +19,9 @@ GAIN-FFN is attached through the registry and trained for a short stage at a hig
 * forward latency (``inference_mode``, eval): base, absorbed and, for scale, the still-wrapped
   model, interleaved after a warm-up; ratio absorbed/base per round (expected 1.00 within noise).
 
-Prints the checks and a table; writes absorbed_inference.json/.csv under --out (default results/bench/).
+Prints the checks and a table; writes absorbed_inference.json/.csv under --out (default results/bench/);
+a model other than smollm2/tiny, or a device other than the CPU, is named in the file:
+absorbed_inference_<model>_<device>.json.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import copy
 import torch
 
 import _bench
+from gpu import ARCHITECTURES, TINY, build
 from gainbench.methods import count_parameters
 from gainbench.methods.gain import gain_modules
 from gainbench.training.loop import TrainSettings, train_stage
@@ -34,17 +44,25 @@ def signature(model) -> dict[str, tuple]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny", *ARCHITECTURES, *TINY])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--train-steps", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-2, help="high, so the scales move visibly")
     args = _bench.add_common_args(parser, reps=5).parse_args()
-    if args.quick:
-        args.model, args.seq_len = "tiny", 32
+    if args.quick:  # a toy model: the tiny Llama, or a toy of the paper shapes if one is named
+        args.model, args.seq_len = (args.model if args.model in TINY else "tiny"), 32
     _bench.setup(args)
 
-    base, vocab = _bench.load_model(args.model)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.model in ARCHITECTURES or args.model in TINY:
+        base = build({**ARCHITECTURES, **TINY}[args.model], device, dtype).eval()
+        vocab = base.config.vocab_size
+    else:
+        base, vocab = _bench.load_model(args.model)
+        base = base.to(device, dtype)
     trained = copy.deepcopy(base)
     method = _bench.make_registered_method("gain_ffn")
     trained = method.attach(trained)
@@ -57,7 +75,7 @@ def main():
     wrapped = copy.deepcopy(trained)  # kept wrapped: the cost of not absorbing, for comparison
     wrapped.eval()
 
-    batch = _bench.random_blocks(vocab, args.batch_size, args.seq_len, seed=2)
+    batch = _bench.random_blocks(vocab, args.batch_size, args.seq_len, seed=2).to(device)
     with torch.inference_mode():
         before = trained.eval()(input_ids=batch).logits
         absorbed = method.absorb(trained).eval()
@@ -105,12 +123,14 @@ def main():
                                                          "min": r["latency_vs_base_min"],
                                                          "max": r["latency_vs_base_max"]})} for r in rows],
         ["model_variant", "params", "forward s", "latency vs base [min-max]"],
-        title=f"forward latency ({args.model}, batch {args.batch_size}x{args.seq_len}, {args.reps} reps, "
+        title=f"forward latency ({args.model}, {device}, {args.dtype}, batch {args.batch_size}x{args.seq_len}, {args.reps} reps, "
               "paired per round; absorbed/base expected 1.00)")
-    _bench.write_results(args.out, "absorbed_inference", rows, settings=vars(args) | {"out": str(args.out)},
+    named = args.model not in ("smollm2", "tiny") or device.type != "cpu"
+    stem = f"absorbed_inference_{args.model}_{device.type}" if named else "absorbed_inference"
+    _bench.write_results(args.out, stem, rows, settings=vars(args) | {"out": str(args.out)},
                          checks=checks, max_abs_logit_diff=max_diff,
                          max_abs_scale_minus_one=(scales - 1).abs().max().item(),
-                         n_scales=scales.numel())
+                         n_scales=scales.numel(), device=str(device), dtype=args.dtype)
     if not all(checks.values()):
         raise SystemExit("absorbed_inference: a check failed (see above)")
 
