@@ -52,7 +52,7 @@ def split_config_folders(argv: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def _search_path_folder(entry: str) -> Path | None:
-    """The folder behind one ``hydra.searchpath`` entry (no scheme means ``file://``, as in Hydra)."""
+    """The folder of one ``hydra.searchpath`` entry (no scheme means ``file://``, as in Hydra)."""
     scheme, sep, location = str(entry).partition("://")
     if not sep:
         scheme, location = "file", entry
@@ -85,9 +85,9 @@ def check_group_choices(argv: list[str]) -> None:
         options = group_options(key, folders)
         for choice in value.split(","):  # multirun: model=a,b
             if choice not in options:
-                raise GainbenchError(f"unknown {key} '{choice}'; choose one of: {', '.join(options)} "
-                                     f"(or write {key}/{choice}.yaml in a folder of your own and "
-                                     "pass --config-dir FOLDER)")
+                raise GainbenchError(f"unknown {key} '{choice}'; choose one of: "
+                                     f"{', '.join(options)} (or write {key}/{choice}.yaml in a "
+                                     "folder of your own and pass --config-dir FOLDER)")
 
 
 def without_group_appends(argv: list[str]) -> list[str]:

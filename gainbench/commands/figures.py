@@ -20,8 +20,8 @@ from gainbench.results.runs import load_runs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="gainbench-figures",
-                                     description="Regenerate the paper's figures (PNG and PDF) from run folders alone.",
+    parser = argparse.ArgumentParser(prog="gainbench-figures", description="Regenerate the paper's "
+                                     "figures (PNG and PDF) from run folders alone.",
                                      epilog="figures: " + ", ".join(FIGURES))
     parser.add_argument("paths", nargs="+", help="run folders or folders that contain them")
     parser.add_argument("--out", type=Path, required=True, help="folder for the image files")
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=["png", "pdf"])
     args = parser.parse_args()
     try:
-        require_extra("figures", parser.prog)  # before any file is read or folder made
+        require_extra("figures", "drawing figures")  # before any file is read or folder made
     except GainbenchError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
