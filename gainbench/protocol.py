@@ -30,6 +30,7 @@ from gainbench.evaluation.evaluators import ColumnSpan, Evaluator, LmEval, Perpl
 from gainbench.methods import Method, count_parameters, make_method
 from gainbench.models import context_length, load_model
 from gainbench.placement import Placement
+from gainbench.results.export import ModelExport
 from gainbench.results.store import RunStore
 from gainbench.results.summary import print_summary
 from gainbench.results.wandb_mirror import WandbMirror
@@ -171,6 +172,7 @@ def _evaluators(settings: RunSettings, method: Method, store: RunStore, model, t
                       load_stage_state=store.load_stage_state,
                       composition=method.update_composition,
                       batch_size=settings.eval_batch_size),
+        ModelExport(settings.config.save_model, store.run_dir, tokenizer, last_stage, placement),
     ]
 
 

@@ -10,6 +10,8 @@ A method knows nothing of stages or sequences. Per stage the protocol calls::
     model = method.absorb(trainable)         # plain HF model again, same names and count
 
 and on resume, ``method.replay(model, state, placement)`` re-applies a finished stage exactly.
+Between ``stage_state`` and ``absorb``, with ``save_adapters``, ``method.export_adapter(trainable,
+folder, state)`` writes the stage's adapter in its library's own format (PEFT methods only).
 The evaluators ask a method two more things: :meth:`effective_weight` (the weight a linear module
 computes with, for the column-span diagnostic) and :attr:`update_composition` (how two stages'
 updates combine in the figure analyses).
@@ -18,6 +20,7 @@ updates combine in the figure analyses).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -86,6 +89,13 @@ class Method:
         """The trained tensors, detached (the protocol copies them off the device at once,
         gathering sharded ones, before anything changes them)."""
         return {n: p.detach() for n, p in self.trainable_parameters(model).items()}
+
+    def export_adapter(self, model: nn.Module, folder: Path,
+                       state: Mapping[str, torch.Tensor]) -> bool:
+        """Write the trained adapter of ``model`` (attached, not yet absorbed), whose tensors are
+        ``state`` (:meth:`stage_state`, whole), into the empty ``folder``, in a format its
+        library reads back; False, writing nothing, for a method without one (the default)."""
+        return False
 
     def effective_weight(self, module: nn.Module) -> torch.Tensor:
         """The weight ``module`` (a linear layer of the model) computes with, detached."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from gainbench.errors import GainbenchError, first_line
@@ -67,6 +70,14 @@ class _PeftMethod(Method):
         for p in merged.parameters():
             p.requires_grad_(True)
         return merged
+
+    def export_adapter(self, model: nn.Module, folder: Path,
+                       state: Mapping[str, torch.Tensor]) -> bool:
+        """PEFT's own adapter folder (adapter_config.json, adapter_model.safetensors), for
+        ``PeftModel.from_pretrained`` on the weights the stage started from. Written from the
+        gathered ``state``, not the live (possibly sharded) tensors."""
+        model.save_pretrained(folder, state_dict=dict(state))
+        return True
 
 
 @register("lora")
