@@ -193,3 +193,22 @@ def test_every_stage_and_its_adapter_reload_to_the_same_model(tmp_path):
     adapted = PeftModel.from_pretrained(base, run_dir / "adapters" / "stage_2")
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "model" / "stage_2")
     torch.testing.assert_close(_logits(adapted, tokens), _logits(merged, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_weights_are_gathered_onto_rank_0_and_saved_whole(tmp_path):
+    """Two ranks holding a shard each (FSDP2), GAIN kept unabsorbed across stages: rank 0 alone
+    writes each stage's folder, the scales folded into the gathered weights."""
+    from tests.test_distributed import _torchrun
+
+    overrides = [*SMOKE, "method.options.absorb_each_stage=false", "save_model=every_stage",
+                 "train.strategy=fsdp", "train.shard_weights=true"]
+    _torchrun(overrides, tmp_path / "runs", tmp_path / "cache")
+
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert sorted(os.listdir(run_dir / "model")) == ["stage_1", "stage_2"]
+    rows = pd.read_parquet(run_dir / "rows.parquet")
+    settings = settings_from_config(compose_config(overrides))
+    logged = rows[(rows.stage == 2) & (rows.eval_kind == "ppl") & (rows.eval_name == "kjv_bible")
+                  & (rows.metric == "ppl")].value.item()
+    assert _validation_ppl(run_dir / "model" / "stage_2", settings, 0) == pytest.approx(logged, rel=1e-5)
