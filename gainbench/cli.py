@@ -173,17 +173,15 @@ def _offline_when_nothing_needs_the_hub(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:  # a preset or a user's YAML may choose these too; checked before any run folder exists
-        check_model_path(cfg)
-        if cfg.logger.get("name") == "wandb":
-            require_extra("wandb", "logger=wandb")
-    except GainbenchError as err:
-        _fail(err)
     _offline_when_nothing_needs_the_hub(cfg)
     from gainbench.protocol import run
 
     in_sweep = _in_one_process_sweep()
     try:
+        # a preset or a user's YAML may choose these too: checked before any run folder exists
+        check_model_path(cfg)
+        if cfg.logger.get("name") == "wandb":
+            require_extra("wandb", "logger=wandb")
         run(cfg)
         _SWEEP_JOBS.append(None)
     except Interrupted as err:

@@ -149,6 +149,11 @@ def test_the_wheel_runs_from_any_folder_with_a_users_own_experiment(tmp_path, my
           "sequence.order=[kjv_bible]", f"results_dir={results}"], env, elsewhere)
     _run([sys.executable, "-m", "gainbench", "--config-dir", str(my_folder), "experiment=mine",
           f"results_dir={results}"], env, elsewhere)
+    refused = subprocess.run([sys.executable, "-m", "gainbench", "model.name_or_path=/some/folder",
+                              f"results_dir={results}"], capture_output=True, text=True, env=env,
+                             cwd=elsewhere, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().endswith("; add model=hf to run that "
+                                                                       "checkpoint"), refused.stderr
     records = [json.loads(path.read_text()) for path in results.glob("*/run.json")]
     assert {r["config"]["model"]["name"]: r["finished_stages"] for r in records} == {
         "tiny-llama": [0, 1], "tiny-gpt2": [0, 1]}
