@@ -91,6 +91,19 @@ def test_unabsorbed_gain_scales_are_folded_into_the_saved_weights(tiny_model, ti
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
+def test_tied_embeddings_are_stored_once_and_stay_tied(tiny_tokenizer, token_batch, tmp_path):
+    from gainbench.models.tiny import build_tiny_model
+    from tests.conftest import TINY_ARCHITECTURES
+
+    model = build_tiny_model({**TINY_ARCHITECTURES["llama"], "tie_word_embeddings": True}, tiny_tokenizer)
+    apply_gain(model, ["attn_out"])  # the wrapped path builds its own state dict
+    (row,) = ModelExport("every_stage", tmp_path, tiny_tokenizer, last_stage=1)(model, 1)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model" / "stage_1")
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    assert row["n"] == reloaded.num_parameters()  # the shared matrix once
+    torch.testing.assert_close(_logits(reloaded, token_batch), _logits(model, token_batch))
+
+
 # --- adapters ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method_name", PEFT_METHODS)
