@@ -7,10 +7,13 @@ the registry names. Numeric columns are right-aligned, text columns left-aligned
 
 LaTeX is plain ASCII (every special character escaped, ``±`` as ``$\\pm$``), one ``table`` with a
 booktabs ``tabular`` per frame: ``\\usepackage{booktabs}`` in the preamble and it compiles.
+Negative numbers get a minus sign. The wide tables (runs, diagnostic, matched) are wider than a
+page column: ``--columns`` selects what a paper needs.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +95,19 @@ def render(name: str, tables: list[tuple[str, pd.DataFrame]], fmt: str = "md",
 
 def latex_table(text: pd.DataFrame, numeric: list[bool], caption: str) -> str:
     """One booktabs table of text cells, numeric columns right-aligned, everything escaped."""
-    def row(cells):
-        return " & ".join(latex_escape(c) for c in cells) + r" \\"
+    def cell(text, number):
+        text = latex_escape(text)
+        # a minus sign, not a hyphen, before a number ("-" alone: a missing cell)
+        return re.sub(r"(?<![\w.])-(?=\d)", r"$-$", text) if number else text
+
+    def row(cells, numbers):
+        return " & ".join(cell(c, n) for c, n in zip(cells, numbers)) + r" \\"
 
     spec = "".join("r" if n else "l" for n in numeric)
     lines = [r"\begin{table}", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", row(text.columns), r"\midrule",
-             *(row(cells) for cells in text.itertuples(index=False)),
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             row(text.columns, [False] * len(numeric)), r"\midrule",
+             *(row(cells, numeric) for cells in text.itertuples(index=False)),
              r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

@@ -109,7 +109,7 @@ def test_rendered_markdown_and_latex(tables):
     assert "nan" not in unfinished and " - |" in unfinished  # missing, never 0 or nan
     latex = render("earlier", tables["earlier"], "latex")
     assert r"dPPL\%" in latex and r"\begin{tabular}{llrrr}" in latex
-    assert r"-13.75 $\pm$ 15.88" in latex and "GAIN-FFN" in latex
+    assert r"$-$13.75 $\pm$ 15.88" in latex and "GAIN-FFN" in latex   # a minus sign
 
 
 def test_every_table_is_defined_once_and_builds():
