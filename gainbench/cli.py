@@ -107,16 +107,6 @@ def check_extras(argv: list[str]) -> None:
                 require_extra(CHOICE_EXTRAS[key, choice], f"{key}={choice}")
 
 
-def check_model_path(cfg: DictConfig) -> None:
-    """``model.name_or_path=DIR`` on a model that does not read it (the embedded default, a tiny
-    model) would run that model instead: refuse it, naming ``model=hf``."""
-    model = cfg.model
-    if model.get("source") != "hub" and model.get("name_or_path"):
-        raise GainbenchError(f"model '{model.name}' (source {model.source}) does not read "
-                             f"model.name_or_path={model.name_or_path}; add model=hf to run that "
-                             "checkpoint")
-
-
 def check_override_keys(argv: list[str]) -> None:
     """Fail early, in one line, on ``train.lrr=1e-3`` or ``+train.lrr=1e-3``, naming the nearest
     known key: Hydra would refuse the first in a page that suggests the second, which it accepts."""
@@ -156,7 +146,6 @@ def compose_settings(overrides: list[str]):
             cfg = compose(config_name="config", overrides=overrides)
     except HydraException as err:
         raise GainbenchError(f"cannot compose the config ({first_line(err)}); fix the override") from None
-    check_model_path(cfg)
     return settings_from_config(cfg)
 
 
@@ -178,8 +167,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     in_sweep = _in_one_process_sweep()
     try:
-        # a preset or a user's YAML may choose these too: checked before any run folder exists
-        check_model_path(cfg)
+        # a preset or a user's YAML may choose it too: checked before any run folder exists
         if cfg.logger.get("name") == "wandb":
             require_extra("wandb", "logger=wandb")
         run(cfg)

@@ -71,9 +71,9 @@ def test_a_submitit_job_with_two_tasks_is_one_ddp_run_of_two_ranks(tmp_path):
 
 
 def _readme_cluster_commands():
-    """The `python -m gainbench -m ...` commands of the README's "Running on a cluster" block."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("## Running on a cluster")[1].split("```bash")[1].split("```")[0]
+    """The `python -m gainbench -m ...` commands of the first block of docs/cluster.md."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cluster.md").read_text()
+    block = page.split("```bash")[1].split("```")[0]
     commands = block.replace("\\\n", " ").splitlines()
     return [line.split("#")[0].split()[4:] for line in commands
             if line.startswith("python -m gainbench -m") and "..." not in line]

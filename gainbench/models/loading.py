@@ -46,6 +46,10 @@ class ModelSpec:
         if self.dtype not in DTYPES:
             raise GainbenchError(f"model '{self.name}': unknown dtype '{self.dtype}'; "
                                  f"use one of {sorted(DTYPES)}")
+        if self.source != "hub" and self.name_or_path:  # it would run this model, not that one
+            raise GainbenchError(f"model '{self.name}' (source {self.source}) does not read "
+                                 f"model.name_or_path={self.name_or_path}; add model=hf to run "
+                                 "that checkpoint")
         if self.source == "hub" and not self.name_or_path:
             raise GainbenchError(f"model '{self.name}': set model.name_or_path to an HF id "
                                  "or a local folder")

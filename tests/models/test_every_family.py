@@ -40,7 +40,8 @@ TINY_CONFIGS = {
 }
 
 # No dropout, so the adapted model's logits are a deterministic function to compare against.
-OPTIONS = {name: {"dropout": 0.0} for name in ("lora", "dora", "lora_l2", "replay_lora")}
+OPTIONS = {name: {"dropout": 0.0} for name in ("lora", "dora", "lora_l2", "replay_lora",
+                                              "lora_gain_modules", "lora_all")}
 
 
 def test_every_listed_family_is_built_here():
