@@ -38,7 +38,7 @@ def _gainbench_commands() -> list[tuple[str, list[str]]]:
         for line in _shell_lines(page.read_text()):
             for part in line.split("&&"):
                 words = shlex.split(part) if "python -m gainbench" in part or "-m gainbench" in part else []
-                if not words or "<" in part or "..." in part:
+                if not words or "<" in part or "..." in part or "~" in part:
                     continue
                 args = words[words.index("gainbench") + 1:]
                 found.setdefault(" ".join(args), (page.name, args))
@@ -47,7 +47,14 @@ def _gainbench_commands() -> list[tuple[str, list[str]]]:
 
 def _overrides(args: list[str]) -> list[str]:
     overrides = []
+    args = iter(args)
     for arg in args:
+        if arg in ("--config-dir", "-cd"):  # compose_settings takes a config folder as it is
+            overrides += [arg, next(args)]
+            continue
+        if arg.startswith(("--config-dir=", "hydra.searchpath=")):
+            overrides.append(arg)
+            continue
         if arg in HYDRA_FLAGS or arg.startswith(("hydra/", "hydra.")):
             continue
         key, _, value = arg.partition("=")
@@ -77,3 +84,13 @@ def test_every_script_and_benchmark_named_exists():
     assert named
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, missing
+
+
+def test_every_console_script_named_is_declared():
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+    named = set()
+    for page in PAGES:
+        named |= set(re.findall(r"\b(gainbench-[a-z-]+[a-z])\b", page.read_text()))
+    assert named and named <= declared, named - declared
