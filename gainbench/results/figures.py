@@ -1,7 +1,7 @@
 """The paper's figures, drawn from run folders alone (matplotlib, no model is run).
 
-Each ``FIGURES`` entry takes the loaded runs and returns ``(file stem, Figure)`` pairs; a
-figure whose data no run has (no per-token arrays, no interpolation rows) returns nothing.
+Each ``FIGURES`` entry takes the loaded runs and returns (or yields) ``(file stem, Figure)``
+pairs; a figure whose data no run has (no per-token arrays, no interpolation rows) gives none.
 Sign convention everywhere: a change is *after - before*, so negative = lower perplexity.
 Here: the figures over whole runs (heatmaps, the trade-off, downstream accuracy); the analyses
 inside one adaptation are in ``analysis_figures``, the shared style in ``plotting``.
@@ -24,9 +24,9 @@ from gainbench.results.runs import Run, compact_number, display_name
 
 
 def ppl_change_heatmaps(runs: list[Run]):
-    """Per run: dPPL% of every domain after every stage, against the base model."""
+    """Per run: dPPL% of every domain after every stage, against the base model (one figure at
+    a time: ``write_figures`` closes each before the next is drawn, however many runs)."""
     plt = pyplot()
-    out = []
     for run in runs:
         L = run.loss_matrix
         change = pct_change(L.values[1:] - L.values[0])
@@ -43,8 +43,7 @@ def ppl_change_heatmaps(runs: list[Run]):
         ax.set_title(f"{run.label} on {run.model}, seed {run.seed}: PPL change vs base "
                      f"(blue = better; box = domain just trained)", fontsize=10)
         fig.tight_layout()
-        out.append((f"heatmap_{run.run_id}", fig))
-    return out
+        yield f"heatmap_{run.run_id}", fig
 
 
 def _method_order(method: str) -> tuple:
@@ -106,6 +105,17 @@ def _coincident(means: pd.DataFrame, columns: list[str], tol: float = 0.005) -> 
     return out
 
 
+def _reading(readings: set[str]) -> str:
+    """How to read the numbers at the points, from ``_point_labels``' second parts."""
+    multiples = {r for r in readings if r.startswith("×")}
+    if "" in readings:
+        return "learning rate, or the setting the variant differs in"
+    if not multiples:
+        return "learning rate"
+    return ("multiple of the method's default learning rate (legend)" if readings == multiples
+            else "learning rate, or its multiple of the default where the legend says × lr")
+
+
 # Where each method's point labels sit around its points (offset in points, alignment), so
 # that labels of methods close together do not land on each other.
 _LABEL_PLACES = ((-6, 5, "right", "bottom"), (6, -5, "left", "top"), (6, 5, "left", "bottom"),
@@ -122,6 +132,8 @@ def tradeoff_scatter(runs: list[Run]):
     with another's."""
     plt = pyplot()
     points = _tradeoff_points(runs)
+    if points.empty:   # no run finished
+        return []
     out = []
     for model, per_model in points.groupby("model"):
         means = per_model.groupby(["method", "variant"], as_index=False)[
@@ -165,13 +177,9 @@ def tradeoff_scatter(runs: list[Run]):
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
                    title="method (stars: GAIN; open markers: baselines, drawn on top)",
                    title_fontsize=8, bbox_to_anchor=(0.5, -0.02))
-        readings = set(per_model["reading"])
-        numbers = ("learning rate" if readings == {"lr"} else
-                   "multiple of the method's default learning rate (legend)"
-                   if readings <= {"lr"} | {r for r in readings if r.startswith("×")} else
-                   "the setting each point differs in")
         fig.suptitle(f"{model}: forgetting vs adaptation, one point per method variant; "
-                     f"numbers: {numbers}\n(mean over seeds, bars: seed range)", fontsize=11)
+                     f"numbers: {_reading(set(per_model['reading']))}\n"
+                     f"(mean over seeds, bars: seed range)", fontsize=11)
         fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(labels) - 1) // 4), 1, 1))
         out.append((f"tradeoff_{model}", fig))
     return out

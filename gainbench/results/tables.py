@@ -296,7 +296,8 @@ def run_summary(run: Run) -> dict:
 def comparison_table(paths=None, runs=None) -> pd.DataFrame:
     """One line per run (``run_summary``) of the runs under ``paths`` (or of ``runs``)."""
     runs = load_runs(paths) if runs is None else runs
+    # a method's variants by learning rate, not by their labels' spelling (2e-5 after 0.0003)
+    runs = sorted(runs, key=lambda r: (r.model, r.method, r.lr, r.variant, r.seed))
     table = pd.DataFrame([run_summary(r) for r in runs])
-    table = table.sort_values(["model", "method", "seed"]).reset_index(drop=True)
     last = ["wall time (s)", "run"]
     return table[[c for c in table.columns if c not in last] + last]
