@@ -30,7 +30,7 @@ from gainbench.evaluation.evaluators import ColumnSpan, Evaluator, LmEval, Perpl
 from gainbench.methods import Method, count_parameters, make_method
 from gainbench.models import context_length, load_model
 from gainbench.placement import Placement
-from gainbench.results.export import ModelExport
+from gainbench.results.export import ModelExport, save_adapter
 from gainbench.results.store import RunStore
 from gainbench.results.summary import print_summary
 from gainbench.results.wandb_mirror import WandbMirror
@@ -220,6 +220,8 @@ def _train_and_absorb(model, method: Method, domains: list[DomainData], stage: i
                            progress_seconds=(settings.logger or {}).get("progress_seconds", 30.0))
     method.after_training(adapted, blocks, settings.train.batch_size)
     state = placement.gather(method.stage_state(adapted))
+    if settings.config.save_adapters:  # PEFT's own folder, before the merge (rank 0 writes)
+        save_adapter(method, adapted, state, store.run_dir / "adapters" / f"stage_{stage}", placement)
     if placement.is_main:
         store.save_stage_state(stage, state, keep_only_latest=method.state_is_full_model)
         if checkpoint:  # the stage's own state now covers it
