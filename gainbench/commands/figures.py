@@ -5,7 +5,9 @@
 
 Reads rows.parquet, run.json and (for the per-token histograms) per_token/*.npy of every run
 folder under the given paths; runs no model. Figures are defined in gainbench/results/figures.py
-and drawn with matplotlib (``pip install 'gainbench[figures]'``). ``python scripts/make_figures.py``
+and drawn with matplotlib (``pip install 'gainbench[figures]'``). A folder of several results
+folders (``results/``) is drawn one results folder and sequence at a time, each into its own
+subfolder of ``--out`` (gainbench.results.figures.make_figures). ``python scripts/make_figures.py``
 is the same command.
 """
 
@@ -15,8 +17,7 @@ from pathlib import Path
 
 from gainbench.errors import GainbenchError
 from gainbench.extras import require_extra
-from gainbench.results.figures import FIGURES, write_figures
-from gainbench.results.runs import load_runs
+from gainbench.results.figures import FIGURES, make_figures
 
 
 def main() -> None:
@@ -35,10 +36,6 @@ def main() -> None:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        runs = load_runs(args.paths)
+        print(make_figures(args.paths, args.out, args.figures, tuple(args.formats)))
     except (FileNotFoundError, GainbenchError) as err:
         sys.exit(f"{parser.prog}: error: {err.args[0]}")
-    if not runs:
-        sys.exit(f"{parser.prog}: error: no run folders (with run.json) under {args.paths}")
-    written = write_figures(runs, args.out, args.figures, tuple(args.formats))
-    print(f"wrote {len(written)} files to {args.out}")

@@ -20,7 +20,7 @@ from gainbench.results.analysis_figures import (combination_grids, interpolation
 from gainbench.results.plotting import (METHOD_ORDER, diverging_cells, method_style, pct_change,
                                         pyplot)
 from gainbench.results.run_metrics import headline_metric, headline_metrics_of, run_metrics
-from gainbench.results.runs import Run, compact_number, display_name
+from gainbench.results.runs import Run, compact_number, display_name, load_studies
 
 
 def ppl_change_heatmaps(runs: list[Run]):
@@ -276,3 +276,20 @@ def write_figures(runs: list[Run], out_dir: Path, names=None, formats=("png", "p
                 written.append(path)
             plt.close(fig)
     return written
+
+
+def make_figures(paths, out_dir: Path, names=None, formats=("png", "pdf")) -> str:
+    """What ``gainbench-figures`` (``scripts/make_figures.py``) does: the figures of the runs
+    under ``paths`` in ``out_dir``, read in comparable groups as the tables are
+    (``runs.load_studies``): a folder of several results folders (``results/``) gives one
+    subfolder per results folder and sequence, so no front mixes two sequences. Returns what it
+    wrote, in words; FileNotFoundError when there is no run."""
+    studies = load_studies(paths)
+    if not studies:
+        raise FileNotFoundError(f"no run folders (with run.json) under {list(map(str, paths))}")
+    written = []
+    for study in studies:
+        folder = Path(out_dir) / study.slug if len(studies) > 1 else Path(out_dir)
+        written += write_figures(study.runs, folder, names, formats)
+    where = f"{len(studies)} folders under {out_dir}" if len(studies) > 1 else str(out_dir)
+    return f"wrote {len(written)} files to {where}"

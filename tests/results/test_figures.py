@@ -1,6 +1,7 @@
 """What the figures claim: downstream scores only where they were measured, every front point
 named by its learning rate, and methods whose points coincide both visible."""
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,3 +84,15 @@ def test_a_method_on_another_methods_points_stays_visible_and_says_so(runs):
     star, ring = markers["GAIN-FFN"], markers["(IA)³, on GAIN-FFN's points"]
     assert star[0] == "*" and ring[0] != "*" and ring[1] == "none" and ring[2] > star[2]
     assert _annotations(fig.axes[0]).count("0.003") == 1   # one label for the shared point
+
+
+def test_a_mixed_results_folder_is_drawn_one_results_folder_at_a_time(tmp_path):
+    from gainbench.results.figures import make_figures
+
+    for run in GOLDEN.iterdir():
+        shutil.copytree(run, tmp_path / "results" / ("a" if "gain_ffn" in run.name else "b") / run.name)
+    message = make_figures([tmp_path / "results"], tmp_path / "figures", ["tradeoff"], ("png",))
+    assert message == f"wrote 2 files to 2 folders under {tmp_path / 'figures'}"
+    assert sorted(p.relative_to(tmp_path / "figures").as_posix()
+                  for p in (tmp_path / "figures").rglob("*.png")) == ["a/tradeoff_tiny.png",
+                                                                      "b/tradeoff_tiny.png"]
