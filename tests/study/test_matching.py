@@ -10,7 +10,7 @@ import pytest
 
 from gainbench.errors import GainbenchError
 from gainbench.settings import settings_from_config
-from gainbench.study import matching
+from gainbench.study import command, matching
 from gainbench.study.matching import RunPool, format_table, match_learning_rates
 from gainbench.study.search import DIVERGED, MATCHED, UNREACHABLE, SearchRules
 from tests.conftest import compose_config, load_script
@@ -140,13 +140,12 @@ def test_the_matched_preset_names_the_methods_and_its_header_the_script_s_defaul
     assert methods == ["gain", "gain_ffn", "full_ft", "lora", "lora_gain_modules", "lora_all",
                        "replay_lora", "ewc"] and seeds == [0, 1, 2]
     header = (ROOT / "configs" / "experiment" / "matched.yaml").read_text()
-    command = next(line for line in header.splitlines() if "scripts/match_lr.py" in line)
-    words = shlex.split(command.lstrip("# "))
+    documented = next(line for line in header.splitlines() if "scripts/match_lr.py" in line)
+    words = shlex.split(documented.lstrip("# "))
     assert words[:2] == ["python", "scripts/match_lr.py"]
-    script = load_script(SCRIPT)
-    args = script.parser().parse_intermixed_args(words[2:])
+    args = command.parser().parse_intermixed_args(words[2:])
     assert args.targets == list(matching.DEFAULT_TARGETS) and args.seeds == seeds
-    assert script.rules_of(args) == SearchRules()
+    assert command.rules_of(args) == SearchRules()
     assert args.overrides[0] == "experiment=matched"
 
 
