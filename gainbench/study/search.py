@@ -11,8 +11,9 @@ For each target, lowest first, on one seed:
 1. bracket: from the measured points, find two neighbouring scales whose gains lie on either side
    of the target; where every gain is below it, multiply the highest scale by ``factor``, where
    every gain is above it, divide the lowest one;
-2. bisect in log scale between the two (or, with ``step="interpolate"``, interpolate the gain
-   linearly in log scale, kept inside the middle 60% of the bracket) until a measured gain is
+2. bisect in log scale between the two (or, with ``step="interpolate"``, interpolate log gain
+   linearly in log scale, kept inside the middle 60% of the bracket: on power-law gains about 8
+   runs per method for 2, 4, 8 and 16% where bisection takes about 14) until a measured gain is
    within ``tolerance`` points of the target.
 
 Points measured for one target serve the next, so a target already hit costs no run.
@@ -203,12 +204,17 @@ def _step(scale: float, direction: int, rules: SearchRules) -> float:
 
 
 def _between(a: float, b: float, ga: float, gb: float, target: float, step: str) -> float:
-    """The scale to try inside the bracket (a, b): the log-midpoint, or the log-linear
-    interpolation of the gain at the target, kept inside the bracket's middle 60%."""
+    """The scale to try inside the bracket (a, b): the log-midpoint, or (``interpolate``) where
+    the line through the two ends reaches the target, in log gain against log lr when both gains
+    are positive (a power law is a line there), else in gain; kept inside the middle 60%."""
     la, lb = math.log(a), math.log(b)
     fraction = 0.5
     if step == "interpolate" and math.isfinite(ga) and math.isfinite(gb) and ga != gb:
-        fraction = min(max((target - ga) / (gb - ga), 0.2), 0.8)
+        if ga > 0 and gb > 0 and target > 0:
+            fraction = (math.log(target) - math.log(ga)) / (math.log(gb) - math.log(ga))
+        else:
+            fraction = (target - ga) / (gb - ga)
+        fraction = min(max(fraction, 0.2), 0.8)
     return math.exp(la + fraction * (lb - la))
 
 
