@@ -122,7 +122,8 @@ def find_scale(target: float, points: dict[float, float], measure: Measure,
     runs = 0
     while True:
         if not points:
-            points[rules.start] = _checked(measure(rules.start))
+            start = rounded(rules.start, rules.digits)
+            points[start] = _checked(measure(start))
             runs += 1
             continue
         scale, gain = nearest(points, target)

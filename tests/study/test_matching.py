@@ -63,7 +63,6 @@ def test_one_run_matches_a_target_bounds_another_and_the_command_resumes(tmp_pat
                                                  "--max-scale", "1", "--no-straddle"]
 
 
-@pytest.mark.slow
 def test_brackets_up_and_finds_the_gain_saturating(tmp_path):
     overrides = [*TINY, f"results_dir={tmp_path}"]
     match = match_learning_rates(overrides, ["lora"], [7.5, 12], [0], SearchRules(tolerance=0.25))
