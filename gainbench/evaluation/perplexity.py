@@ -39,7 +39,8 @@ class PooledNLL:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nll)
+        # a diverged model's NLL can pass exp's range (709 nats): its perplexity is infinite
+        return math.exp(self.nll) if self.nll < 709.78 else math.inf
 
     @property
     def bits_per_byte(self) -> float:

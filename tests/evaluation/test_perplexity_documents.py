@@ -47,3 +47,12 @@ def test_strided_document_sums_charge_each_scored_token_once(tiny_model, blocks_
     assert result.doc_nll.sum() == pytest.approx(result.total_nll, rel=1e-12)
     plain = strided_nll(tiny_model, tokens, 100, context=16, stride=8, batch_size=3)
     assert result.total_nll == plain.total_nll
+
+
+def test_a_diverged_model_s_perplexity_is_infinite_not_an_overflow():
+    import math
+
+    from gainbench.evaluation.perplexity import PooledNLL
+
+    assert PooledNLL(total_nll=800.0 * 10, n_tokens=10, n_bytes=5).ppl == math.inf
+    assert PooledNLL(total_nll=20.0, n_tokens=10, n_bytes=5).ppl == pytest.approx(math.exp(2.0))
