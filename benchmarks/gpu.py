@@ -49,7 +49,9 @@ what the device can actually give a large matmul. Writes gpu_<date>.json under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import os
 import time
 
@@ -283,18 +285,43 @@ def main():
         print(f"measured bf16 matmul peak: {measured_peak / 1e12:.0f} TFLOP/s "
               f"({100 * measured_peak / PEAK_FLOPS:.0f}% of the {PEAK_FLOPS / 1e12:.0f} TFLOP/s spec)")
     rows, skipped = [], []
+    stem = ("gpu_quick_" if args.quick else "gpu_") + time.strftime("%Y-%m-%d")
+
+    def save(**final):
+        """The JSON as it stands; written after every row (quietly), so a run stopped from
+        outside (gpu_check.sh's timeout) keeps what it measured; ``complete`` once at the end."""
+        for row in rows:
+            if measured_peak and row.get("mfu") is not None:
+                row["mfu_measured_peak"] = row["mfu"] * PEAK_FLOPS / measured_peak
+        with contextlib.nullcontext() if final else contextlib.redirect_stdout(io.StringIO()):
+            _bench.write_results(args.out, stem, rows, settings=vars(args) | {"out": str(args.out)},
+                                 device=str(device), peak_flops=PEAK_FLOPS,
+                                 measured_peak_flops=measured_peak, skipped=skipped,
+                                 wall_s=time.perf_counter() - start, complete=bool(final), **final)
+
     for name in args.models:
         if time.perf_counter() - start > args.budget_s:
             skipped.append(name)
             continue
         seq, batch, full_batch, eval_batch = shapes[name]
         t0 = time.perf_counter()
-        model = build(architectures[name], device, dtype)
-        shape = shape_of(model)
-        if name in PUBLISHED_TOTAL:
-            assert shape["total_params"] == PUBLISHED_TOTAL[name], (name, shape["total_params"])
-        print(f"{name}: built {shape['total_params']:,} parameters in {time.perf_counter() - t0:.1f} s")
-        rows.append({"model": name, **evaluate(model, shape, seq, eval_batch, args, device)})
+        try:
+            model = build(architectures[name], device, dtype)
+            shape = shape_of(model)
+            if name in PUBLISHED_TOTAL:
+                assert shape["total_params"] == PUBLISHED_TOTAL[name], (name, shape["total_params"])
+            print(f"{name}: built {shape['total_params']:,} parameters in {time.perf_counter() - t0:.1f} s")
+            rows.append({"model": name, **evaluate(model, shape, seq, eval_batch, args, device)})
+        except Exception as err:  # the next model may still run
+            rows.append({"model": name, "method": "eval", "error": f"{type(err).__name__}: {err}"})
+            print(f"{name}: failed ({rows[-1]['error'][:200]}); skipping it")
+            model = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            save()
+            continue
+        save()
         for method in args.methods:
             if time.perf_counter() - start > args.budget_s:
                 skipped.append(f"{name}/{method}")
@@ -305,8 +332,10 @@ def main():
             except Exception as err:  # keep what was measured; the model may be half-attached now
                 rows.append({"model": name, "method": method, "error": f"{type(err).__name__}: {err}"})
                 print(f"  {method}: failed ({rows[-1]['error'][:200]}); skipping {name}'s other methods")
+                save()
                 break
             rows.append({"model": name, **row})
+            save()
             print(f"  {method}: {row['harness_step_s']:.3f} s/step, MFU {100 * row['mfu']:.1f}%")
             gc.collect()
             if device.type == "cuda":
@@ -316,9 +345,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    for row in rows:
-        if measured_peak and row.get("mfu") is not None:
-            row["mfu_measured_peak"] = row["mfu"] * PEAK_FLOPS / measured_peak
+    save()  # mfu_measured_peak on every row
 
     def fmt(row, key, spec, scale=1.0):
         return "" if row.get(key) is None else format(row[key] * scale, spec)
@@ -345,12 +372,7 @@ def main():
             targets[m][f"{r['method']}_mfu_of_measured_peak_ge_40pct"] = r["mfu_measured_peak"] >= 0.4
     for m, t in targets.items():
         print(f"targets {m}: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in t.items()))
-    stem = ("gpu_quick_" if args.quick else "gpu_") + time.strftime("%Y-%m-%d")
-    _bench.write_results(args.out, stem, rows, settings=vars(args) | {"out": str(args.out)},
-                         device=str(device), peak_flops=PEAK_FLOPS, measured_peak_flops=measured_peak,
-                         skipped=skipped, targets=targets,
-                         wall_s=time.perf_counter() - start,
-                         median_note="step times are medians over reps; ratios paired per round")
+    save(targets=targets, median_note="step times are medians over reps; ratios paired per round")
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

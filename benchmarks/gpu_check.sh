@@ -130,14 +130,15 @@ step_smoke() {
 
 step_gpu() {
     cd "$REPO/benchmarks" || return 1
+    # straight into $DEST: gpu.py rewrites its JSON after every row, so a timeout keeps what it measured
     if [[ $MODE == dry ]]; then
         "$PY" gpu.py --dry-run --out "$WORK/bench" > "$WORK/gpu_plan.log" 2>&1 || { cat "$WORK/gpu_plan.log"; return 1; }
         tail -4 "$WORK/gpu_plan.log"
-        "$PY" gpu.py --quick --threads 1 --out "$WORK/bench" || return 1
+        cp "$WORK/bench/gpu_plan.json" "$DEST"/
+        "$PY" gpu.py --quick --threads 1 --out "$DEST" || return 1
     else
-        "$PY" gpu.py --budget-s "$GPU_PY_BUDGET" --out "$WORK/bench" || return 1
+        "$PY" gpu.py --budget-s "$GPU_PY_BUDGET" --out "$DEST" || return 1
     fi
-    cp "$WORK"/bench/gpu_*.json "$DEST"/
 }
 
 step_absorbed() {
@@ -320,7 +321,10 @@ gpu_files = sorted(f for f in glob.glob(os.path.join(dest, "gpu_*.json"))
 for f in gpu_files:
     data = json.load(open(f))
     bench = {"file": os.path.basename(f), "measured_peak_flops": data.get("measured_peak_flops"),
-             "targets": data.get("targets"), "skipped": data.get("skipped"), "wall_s": data.get("wall_s")}
+             "targets": data.get("targets"), "skipped": data.get("skipped"), "wall_s": data.get("wall_s"),
+             "complete": data.get("complete")}
+    if data.get("measured_peak_flops"):
+        add("gpu", "bf16 matmul peak (8192^3)", f"{data['measured_peak_flops'] / 1e12:.0f} TFLOP/s measured", "ok")
     for r in data["rows"]:
         if "error" in r:
             add("gpu", f"{r['model']} {r['method']}", f"error: {r['error'][:90]}", "FAILED")
@@ -334,6 +338,11 @@ for f in gpu_files:
             f"{step_s}{r['harness_tokens_per_s']:,.0f} tok/s, MFU {100 * r['mfu']:.1f}%{of_measured}{mem}{extra}", "ok")
     for s in data.get("skipped") or []:
         add("gpu", s, "skipped: gpu.py's time budget", "skipped")
+    if not data.get("complete"):
+        add("gpu", "benchmarks/gpu.py", "stopped before the end: the rows above are what it measured", "cut short")
+    for model, met in (data.get("targets") or {}).items():
+        add("gpu", f"{model} targets", ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()),
+            "all met" if all(met.values()) else "not all met")
 if not gpu_files:
     add("gpu", "benchmarks/gpu.py", "no results")
 
