@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 from gainbench.methods import make_method
+from gainbench.models.tiny import build_tiny_model
 from gainbench.training.checkpoint import StageCheckpoint
 from gainbench.training.loop import TrainSettings, train_stage
 from tests.conftest import TINY_ARCHITECTURES
-from gainbench.models.tiny import build_tiny_model
 
 
 def _device() -> torch.device | None:
