@@ -106,8 +106,6 @@ class RunPool:
                 if not _NONFINITE.search(str(err)):
                     raise
                 record.diverged = first_line(err)
-            except OverflowError as err:   # a perplexity past exp's range (NLL > 709 nats)
-                record.diverged = f"evaluation overflowed ({first_line(err)})"
             self.say(f"match_lr: {method} lr_scale={scale_text(scale)} seed={seed}: "
                      f"{'diverged' if record.diverged else 'done'} in "
                      f"{time.perf_counter() - started:.0f} s ({settings.run_id})")
