@@ -3,10 +3,12 @@
 Each ``python -m gainbench ...`` (or ``torchrun ... -m gainbench ...``) in a shell block or inline
 code is composed and read by the schema exactly as the command line would (unknown keys, bad
 values and stale spellings such as a ``+`` on a key that now has a default fail here), taking the
-first value of a sweep (``a,b,c``). Running them is left to the tests of what they run: the smoke
-preset runs end to end in tests/test_protocol.py, multi-process commands in
-tests/test_distributed.py, the cluster launchers only where a cluster is (they are composed here).
-Every script or benchmark named must exist.
+first value of a sweep (``a,b,c``), and then run in smoke form (slow): the same overrides with the
+tiny model, two small domains, a few blocks, no lm-eval and one process appended last, so every
+documented choice of method, experiment, eval suite, analysis and option goes through the whole
+protocol here (the real runs need a hub model, a GPU cluster or hours; the multi-process paths
+are run in tests/test_distributed.py). Every script, benchmark and console script named must
+exist.
 """
 
 import re
@@ -94,3 +96,32 @@ def test_every_console_script_named_is_declared():
     for page in PAGES:
         named |= set(re.findall(r"\b(gainbench-[a-z-]+[a-z])\b", page.read_text()))
     assert named and named <= declared, named - declared
+
+
+# What makes a documented command short enough to run here: the tiny model on two embedded
+# domains, a few blocks, no lm-eval, one process. Appended last, so these win over the command's.
+SMOKE_FORM = ["model=tiny-llama", "sequence=embedded8", "sequence.order=[wiki_history,kjv_bible]",
+              "train.seq_len=64", "train.batch_size=4", "train.tokens_per_stage=256",
+              "eval.val_tokens=128", "eval.lm_eval.stages=none", "eval.diagnostics.stages=none",
+              "train.strategy=single", "train.shard_weights=false", "model.dtype=float32",
+              "train.precision=fp32", "analysis.per_token.domains=[kjv_bible]"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page, args", COMMANDS, ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_a_documented_command_runs_in_smoke_form(page, args, tmp_path):
+    """The command's first job, on the tiny model and two small domains (the real ones need a
+    hub model, a GPU cluster or an hour): its choices of method, experiment, eval suite,
+    analysis and options all run through the whole protocol."""
+    import contextlib
+    import io
+
+    from gainbench.cli import split_config_folders
+    from gainbench.protocol import run
+    from tests.conftest import compose_config
+
+    folders, overrides = split_config_folders(_overrides(args))
+    assert not folders  # no documented command needs a config folder of its own
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_dir = run(compose_config(overrides + SMOKE_FORM + [f"results_dir={tmp_path}"]))
+    assert (run_dir / "rows.parquet").exists()
