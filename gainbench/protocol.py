@@ -52,7 +52,7 @@ def _run(cfg, in_flight: StagePointer) -> Path:
     method = make_method(settings.method_name, **settings.method_options)
     store = RunStore(Path(settings.results_dir) / settings.run_id)
     store.check(settings.run_id)
-    if _finished(store, settings):
+    if _all_done(store.finished_stages(), settings):
         store.repair_record()
         print(f"gainbench: run {settings.run_id} already finished ({store.run_dir}); nothing to do")
         print_summary(store.rows(), [d.name for d in settings.domains],
@@ -81,8 +81,9 @@ def _run(cfg, in_flight: StagePointer) -> Path:
     return run_dir
 
 
-def _finished(store: RunStore, settings: RunSettings) -> bool:
-    return len(store.finished_stages()) == len(settings.domains) + 1
+def _all_done(done: list[int], settings: RunSettings) -> bool:
+    """Whether the finished stages ``done`` are every stage, the base model's included."""
+    return len(done) == len(settings.domains) + 1
 
 
 def _check_writable(results_dir: Path) -> None:
@@ -102,7 +103,7 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
                 in_flight: StagePointer) -> Path:
     last_stage = len(settings.domains)
     done = placement.broadcast(store.finished_stages())  # again, under rank 0's lock
-    if len(done) == last_stage + 1:
+    if _all_done(done, settings):
         print(f"gainbench: run {settings.run_id} finished meanwhile ({store.run_dir}); nothing to do")
         return store.run_dir
     if placement.is_main:

@@ -35,6 +35,24 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def train_a_little(model, method, batch, steps=3, lr=1e-2) -> list[float]:
+    """A few Adam steps of ``method``'s trainable parameters on one repeated batch, its
+    regularization added (Adam moves every parameter ~lr per step); the losses, step by step."""
+    params = method.trainable_parameters(model)
+    assert params, "nothing to train"
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    model.eval()  # no dropout: the loss on a repeated batch must fall step by step
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=batch, labels=batch).loss
+        penalty = method.regularization(model)
+        (loss if penalty is None else loss + penalty).backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return train_byte_bpe([SAMPLE_TEXT], vocab_size=300)

@@ -174,8 +174,11 @@ class RunStore:
     def repair_record(self) -> None:
         """Rewrite run.json from the record in rows.parquet when a job was killed between the
         two writes (so a reader of run.json sees every finished stage too)."""
-        if self.exists() and self.meta() != json.loads(self.meta_path.read_text()):
-            write_json(self.meta_path, self.meta())
+        if not self.exists():
+            return
+        record = self.meta()  # read once: it may come from rows.parquet
+        if record != json.loads(self.meta_path.read_text()):
+            write_json(self.meta_path, record)
 
     def finished_stages(self) -> list[int]:
         return list(self.meta().get("finished_stages", []))

@@ -6,6 +6,7 @@ import torch
 from gainbench.data.replay import mix_in_replay
 from gainbench.errors import GainbenchError
 from gainbench.methods import make_method
+from tests.conftest import train_a_little
 
 
 def _lora_deltas(model):
@@ -37,14 +38,7 @@ def test_lora_l2_shrinks_the_update(tiny_model, token_batch):
         torch.manual_seed(0)
         method = make_method("lora_l2", l2=l2, dropout=0.0)
         adapted = method.attach(model)
-        params = method.trainable_parameters(adapted)
-        opt = torch.optim.Adam(list(params.values()), lr=1e-2)
-        for _ in range(10):
-            loss = adapted(input_ids=token_batch, labels=token_batch).loss
-            penalty = method.regularization(adapted)
-            (loss if penalty is None else loss + penalty).backward()
-            opt.step()
-            opt.zero_grad()
+        train_a_little(adapted, method, token_batch, steps=10)
         sizes[l2] = sum(d.pow(2).sum() for d in _lora_deltas(adapted)).item()
     assert sizes[100.0] < 0.5 * sizes[0.0]
 

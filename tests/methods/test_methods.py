@@ -6,24 +6,9 @@ import torch
 from gainbench.methods import METHODS, count_parameters, make_method
 from gainbench.errors import GainbenchError
 from gainbench.methods.gain import GainScaled
+from tests.conftest import train_a_little
 
 ALL_METHODS = sorted(METHODS)
-
-
-def _train_a_little(model, method, batch, steps=3, lr=1e-2):
-    """A few Adam steps on one repeated batch (Adam moves every parameter ~lr per step)."""
-    params = method.trainable_parameters(model)
-    opt = torch.optim.Adam(list(params.values()), lr=lr)
-    model.eval()  # no dropout: the loss on a repeated batch must fall step by step
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=batch, labels=batch).loss
-        penalty = method.regularization(model)
-        (loss if penalty is None else loss + penalty).backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -36,7 +21,7 @@ def test_absorb_keeps_what_was_learned_and_the_architecture(name, tiny_model, to
     torch.manual_seed(0)
     method = make_method(name)
     adapted = method.attach(tiny_model)
-    losses = _train_a_little(adapted, method, token_batch)
+    losses = train_a_little(adapted, method, token_batch)
     assert losses[-1] < losses[0], losses
     with torch.no_grad():
         adapted_logits = adapted(token_batch).logits
@@ -57,7 +42,7 @@ def test_replay_reproduces_a_stage_exactly(name, tiny_model, token_batch, tiny_t
     torch.manual_seed(0)
     method = make_method(name)
     adapted = method.attach(tiny_model)
-    _train_a_little(adapted, method, token_batch)
+    train_a_little(adapted, method, token_batch)
     state = method.stage_state(adapted)
     trained = method.absorb(adapted)
     replayed = make_method(name).replay(reference, state)

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from gainbench.errors import GainbenchError
 from gainbench.methods import METHODS, make_method
 from gainbench.models.architectures import ATTN_QV_SUFFIXES, ROLE_SUFFIXES, resolve_targets
+from tests.conftest import train_a_little
 
 VOCAB, LAYERS, WIDTH, FFN = 300, 2, 64, 128
 _DECODER = dict(hidden_size=WIDTH, intermediate_size=FFN, num_hidden_layers=LAYERS,
@@ -65,18 +66,6 @@ def _batch():
     return torch.randint(2, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
-def _train_two_steps(model, method, batch):
-    params = method.trainable_parameters(model)
-    assert params, "nothing to train"
-    opt = torch.optim.Adam(list(params.values()), lr=1e-2)
-    for _ in range(2):
-        loss = model(input_ids=batch, labels=batch).loss
-        penalty = method.regularization(model)
-        (loss if penalty is None else loss + penalty).backward()
-        opt.step()
-        opt.zero_grad()
-
-
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_family_runs_method(family_model, name):
     base = family_model
@@ -88,7 +77,7 @@ def test_family_runs_method(family_model, name):
     torch.manual_seed(0)
     method = make_method(name, **OPTIONS.get(name, {}))
     adapted = method.attach(copy.deepcopy(base))
-    _train_two_steps(adapted, method, batch)
+    train_a_little(adapted, method, batch, steps=2)
     method.after_training(adapted, batch, batch_size=2)
     state = {k: v.clone() for k, v in method.stage_state(adapted).items()}
     with torch.no_grad():
@@ -143,24 +132,19 @@ def _mystery_model():
     return model
 
 
-@pytest.mark.parametrize("name", ["lora", "dora", "lora_l2", "replay_lora", "ia3_peft"])
-def test_an_unknown_family_without_targets_is_one_line_naming_method_and_fix(name):
+@pytest.mark.parametrize("name, options, listed", [
+    # no targets: PEFT has no default for the family, nor has gainbench
+    *[(name, {}, "self_attn.q_proj") for name in ("lora", "dora", "lora_l2", "replay_lora", "ia3_peft")],
+    # roles: the family's attention output is unknown
+    *[(name, {"targets": ["attn_out"]}, "self_attn.o_proj") for name in ("lora", "ia3")],
+])
+def test_an_unknown_family_is_one_line_naming_method_and_fix(name, options, listed):
     with pytest.raises(GainbenchError) as err:
-        make_method(name).attach(_mystery_model())
+        make_method(name, **options).attach(_mystery_model())
     message = str(err.value)
     assert "\n" not in message
     assert f"method '{name}'" in message and "'mystery'" in message
-    assert "method.options.targets" in message and "self_attn.q_proj" in message
-
-
-@pytest.mark.parametrize("name", ["lora", "ia3"])
-def test_roles_on_an_unknown_family_are_one_line_naming_method_and_fix(name):
-    with pytest.raises(GainbenchError) as err:
-        make_method(name, targets=["attn_out"]).attach(_mystery_model())
-    message = str(err.value)
-    assert "\n" not in message
-    assert f"method '{name}'" in message and "'mystery'" in message
-    assert "method.options.targets" in message and "self_attn.o_proj" in message
+    assert "method.options.targets" in message and listed in message
 
 
 @pytest.mark.parametrize("name", ["lora", "ia3"])
