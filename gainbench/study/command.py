@@ -69,7 +69,7 @@ def main(argv=None) -> None:
                                      rules_of(args), straddle=not args.no_straddle,
                                      json_path=args.json)
     except Interrupted as err:
-        print(f"match_lr: {err}; rerun the same command to resume", file=sys.stderr)
+        print(f"match_lr: {err}", file=sys.stderr)   # the message says how to resume
         sys.exit(err.exit_code)
     except (GainbenchError, ValueError) as err:
         sys.exit(f"match_lr: error: {err}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gainbench.errors import GainbenchError
+from gainbench.errors import GainbenchError, Interrupted
 from gainbench.settings import settings_from_config
 from gainbench.study import command, matching
 from gainbench.study.matching import RunPool, format_table, match_learning_rates
@@ -158,3 +158,15 @@ def test_the_table_says_why_a_target_was_not_matched():
     table = format_table(match)
     assert "gain at 16%: unreachable: the gain saturates below the target" in table
     assert "0.012" in table and "2.10" in table and "1.80" in table
+
+
+def test_an_interrupted_search_says_once_how_to_resume(monkeypatch, capsys):
+    def stopped(*args, **kwargs):
+        raise Interrupted(143, stage=2)
+
+    monkeypatch.setattr(command, "match_learning_rates", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        command.main(["experiment=matched"])
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err.strip() == ("match_lr: interrupted during stage 2; "
+                                               "rerun the same command to resume")
