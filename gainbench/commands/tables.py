@@ -6,6 +6,7 @@
     gainbench-tables runs/ --out tables/                 # <name>.md and <name>.tex
     gainbench-tables runs/ --tables runs --columns method "BWT (nats)"
     gainbench-tables runs/sweep --tables matched --matched-at 2 4 8
+    gainbench-tables results/matched results/matched-16 --tables budget --matched-at 2 4 8
 
 Reads rows.parquet and run.json of every run folder under the given paths (one machine's or a
 whole SLURM sweep's); runs no model. Tables are defined in gainbench/results/tables.py, the
@@ -37,7 +38,8 @@ def main() -> None:
     parser.add_argument("--columns", nargs="+", help="only these columns (with one table)")
     parser.add_argument("--matched-at", nargs="+", type=float, metavar="GAIN",
                         help="in-domain gains (%%) at which the matched table compares methods "
-                             "(default: the middle of each pair's common range)")
+                             "(default: the middle of each pair's common range) and the budget "
+                             "table reads each method (default: 2 4 8)")
     args = parser.parse_args()
     try:
         print(make_tables(args.paths, args.tables, args.out, "latex" if args.latex else "md",

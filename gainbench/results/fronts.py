@@ -19,6 +19,17 @@ Its interval (gainbench.results.intervals) covers
   through its ends and the next point, counted as one standard deviation (approximate: a
   curvature estimate, not a bound). It is zero at a measured point, so points measured near the
   target shrink it.
+
+When the runs recorded their documents but most resamples move a front off the target (a target
+near a front's end), there is no interval, and its reason says so: one over the seeds alone
+would be narrower for knowing less.
+
+:func:`value_at` reads one method's own earlier-domain change at a target gain with the same
+three sources in its interval (the seed-mean value rather than a paired difference), for the
+figure of that change against the training budget.
+
+Methods are compared only within one *budget*: runs of different ``train.tokens_per_stage`` have
+different fronts (:func:`run_budget`; every front and comparison is per model and budget).
 """
 
 from __future__ import annotations
@@ -27,11 +38,15 @@ import numpy as np
 import pandas as pd
 
 from gainbench import metrics
-from gainbench.results.intervals import DocumentBootstrap, combine
+from gainbench.results.intervals import DocumentBootstrap, Interval, combine
 from gainbench.results.run_metrics import run_metrics
 from gainbench.results.runs import Run
 
 REFERENCES = ("vs base", "vs just-trained")
+# The columns that name a run's budget (run_budget): every front is read within one.
+BUDGET = ("tokens/stage", "steps/stage")
+# The in-domain gains (%) at which each method's own value is read when none are named.
+DEFAULT_TARGETS = (2.0, 4.0, 8.0)
 _REPLICATE_METRICS = {
     "gain": lambda L: -metrics.in_domain_change(L).mean(axis=-1),
     "vs base": lambda L: metrics.earlier_domain_change_vs_base(L).mean(axis=-1),
@@ -39,27 +54,49 @@ _REPLICATE_METRICS = {
 }
 
 
+def run_budget(run: Run) -> tuple[int | None, int | None]:
+    """A run's training budget per stage as its config sets it: (tokens, optimiser steps), steps
+    = ceil((tokens // seq_len) / batch_size) as the training loop counts them (``batch_size`` is
+    the global batch, whatever the processes and micro-batches); None for what the config does
+    not record (runs made before those keys were stored). A domain with its own
+    ``train_tokens``, or whose text ran out, trains on other than this."""
+    train = run.config.get("train") or {}
+    tokens = train.get("tokens_per_stage")
+    if tokens is None:
+        return None, None
+    seq_len, batch = train.get("seq_len"), train.get("batch_size")
+    steps = -(-(int(tokens) // int(seq_len)) // int(batch)) if seq_len and batch else None
+    return int(tokens), steps
+
+
+def _groups(points: pd.DataFrame, keys: list[str]):
+    """``points.groupby(keys)``, keeping groups whose budget is unknown (NA)."""
+    return points.groupby(keys, dropna=False, sort=True)
+
+
 def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
-    """One row per finished run: model, method, variant, lr, seed, x (gain) and both y's; with
-    ``replicates``, also each run's values under the document bootstrap of its model's runs
-    (columns ``<name> reps``, an array each, or None when documents cannot be resampled)."""
+    """One row per finished run: model, budget (``BUDGET``), method, variant, lr, seed, x (gain)
+    and both y's; with ``replicates``, also each run's values under the document bootstrap of
+    the runs of its model and budget (columns ``<name> reps``, an array each, or None when
+    documents cannot be resampled)."""
     lines, finished = [], []
     for run in runs:
         m = run_metrics(run)
         if np.isnan(m["in-domain dPPL%"]):
             continue
         finished.append(run)
-        lines.append({"model": run.model, "method": run.method, "variant": run.variant,
+        lines.append({"model": run.model, **dict(zip(BUDGET, run_budget(run))),
+                      "method": run.method, "variant": run.variant,
                       "lr": run.lr, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
-    points = pd.DataFrame(lines, columns=["model", "method", "variant", "lr", "seed", "gain",
-                                          *REFERENCES])
+    points = pd.DataFrame(lines, columns=["model", *BUDGET, "method", "variant", "lr", "seed",
+                                          "gain", *REFERENCES])
+    points = points.astype({column: "Int64" for column in BUDGET})
     if replicates:
         for name in _REPLICATE_METRICS:
             points[f"{name} reps"] = None
-        for model in points["model"].unique():
-            where = np.flatnonzero(points["model"].to_numpy() == model)
+        for where in _groups(points, ["model", *BUDGET]).indices.values():
             boot = DocumentBootstrap([finished[i] for i in where])
             points.loc[points.index[where], "documents"] = boot.reason or "resampled"
             if boot.available:
@@ -150,8 +187,8 @@ def compare_at(points_a: pd.DataFrame, points_b: pd.DataFrame, reference: str,
     a, short_a = _per_seed(points_a, reference, at)
     b, short_b = _per_seed(points_b, reference, at)
     if short_a or short_b:
-        out["reason"] = "; ".join([f"A does not reach {at:g}% ({', '.join(short_a)})"] * bool(short_a)
-                                  + [f"B does not reach {at:g}% ({', '.join(short_b)})"] * bool(short_b))
+        out["reason"] = "; ".join(_unreached(name, at, short)
+                                  for name, short in (("A", short_a), ("B", short_b)) if short)
         return out
     seeds = sorted(set(a) & set(b))  # paired by seed; a seed only one method ran is left out
     if not seeds:
@@ -161,15 +198,48 @@ def compare_at(points_a: pd.DataFrame, points_b: pd.DataFrame, reference: str,
     out["A"], out["B"] = float(np.mean([a[s] for s in seeds])), float(np.mean([b[s] for s in seeds]))
     differences = np.array([a[s] - b[s] for s in seeds])
     reps_a, reps_b = _replicates_at(points_a, reference, at), _replicates_at(points_b, reference, at)
-    allowance = sum(interpolation_allowance(*_mean_front(p, reference), at) ** 2
-                    for p in (points_a, points_b))
-    interval = combine(differences,
-                       None if reps_a is None or reps_b is None else reps_a - reps_b,
-                       extra_variance=allowance, extra="interpolation (allowance)",
-                       doc_reason="runs without per-document rows")
+    interval = _interval(differences, None if reps_a is None or reps_b is None else reps_a - reps_b,
+                         [points_a, points_b], reference, at)
     out.update({"A - B": out["A"] - out["B"], "lo": interval.lo, "hi": interval.hi,
                 "covers": interval.covers, "reason": interval.reason})
     return out
+
+
+def value_at(points: pd.DataFrame, reference: str, at: float) -> dict:
+    """One method's earlier-domain change at in-domain gain ``at``: the mean over seeds of each
+    seed's front read there (strictly inside its measured points), with a 95% interval over the
+    validation documents (the bootstrap's replicates of that seed mean), the seeds (Student-t)
+    and the interpolation allowance of the method's seed-mean front, as :func:`compare_at` for
+    one method instead of a difference; ``reason`` says why a value or interval is missing."""
+    out = {"at gain": at, "value": np.nan, "lo": np.nan, "hi": np.nan, "covers": "", "reason": ""}
+    values, short = _per_seed(points, reference, at)
+    if short:
+        out["reason"] = _unreached("the front", at, short)
+        return out
+    interval = _interval(np.array(list(values.values())), _replicates_at(points, reference, at),
+                         [points], reference, at)
+    out.update({"value": interval.estimate, "lo": interval.lo, "hi": interval.hi,
+                "covers": interval.covers, "reason": interval.reason})
+    return out
+
+
+def _unreached(name: str, at: float, short: list[str]) -> str:
+    return f"{name} does not reach {at:g}% ({', '.join(short)})"
+
+
+def _interval(per_seed: np.ndarray, doc_replicates: np.ndarray | None, fronts: list[pd.DataFrame],
+              reference: str, at: float):
+    """``combine`` of a statistic read at ``at`` on ``fronts``: its per-seed values, its document
+    replicates and the interpolation allowance of each front it reads."""
+    allowance = sum(interpolation_allowance(*_mean_front(p, reference), at) ** 2 for p in fronts)
+    interval = combine(per_seed, doc_replicates, extra_variance=allowance,
+                       extra="interpolation (allowance)", doc_reason="runs without per-document rows")
+    if doc_replicates is not None and not interval.covers.startswith("validation documents"):
+        # the documents were recorded, but most resamples move a front off the target: an
+        # interval over the seeds alone would be narrower for knowing less, so none is shown
+        return Interval(interval.estimate, reason="most document resamples move a front off the "
+                                                  "target (read near the end of its measured points)")
+    return interval
 
 
 def _mean_front(points: pd.DataFrame, reference: str) -> tuple[np.ndarray, np.ndarray]:
@@ -189,34 +259,65 @@ def verdict(row: dict) -> str:
     return "no clear difference: the interval includes 0 (below the noise)"
 
 
+def _budgets(points: pd.DataFrame):
+    """(model and budget as a dict, its points) per model and budget: nothing is compared or
+    drawn across budgets."""
+    keys = ["model", *BUDGET]
+    for key, group in _groups(points, keys):
+        yield dict(zip(keys, key)), group
+
+
+def _table(lines: list[dict]) -> pd.DataFrame:
+    """The lines as a frame, budgets as whole numbers (NA: not recorded)."""
+    frame = pd.DataFrame(lines)
+    return frame.astype({column: "Int64" for column in BUDGET}) if lines else frame
+
+
 def matched_comparison(runs: list[Run], reference_method: str | None = None,
                        at: float | None = None) -> pd.DataFrame:
     """Every method against ``reference_method`` (default: lora if present, else full_ft, else
-    the first) at matched in-domain gain: at ``at`` if given, else at the middle of the two
-    fronts' common gain range. Both earlier-domain references; one row per model x method x
-    reference."""
+    the first) at matched in-domain gain, within each model and budget: at ``at`` if given, else
+    at the middle of the two fronts' common gain range. Both earlier-domain references; one row
+    per model x budget x method x reference."""
     points = front_points(runs, replicates=True)
     lines = []
-    for model, per_model in points.groupby("model"):
-        methods = list(dict.fromkeys(per_model["method"]))
+    for where, per_budget in _budgets(points):
+        methods = list(dict.fromkeys(per_budget["method"]))
         ref = reference_method or next((m for m in ("lora", "full_ft") if m in methods), methods[0])
         if ref not in methods:
             continue
-        ref_points = per_model[per_model["method"] == ref]
+        ref_points = per_budget[per_budget["method"] == ref]
         for method in methods:
             if method == ref:
                 continue
-            mine = per_model[per_model["method"] == method]
+            mine = per_budget[per_budget["method"] == method]
             common = overlap(mine["gain"], ref_points["gain"])
             for reference in REFERENCES:
                 target = at if at is not None else (np.mean(common) if common else np.nan)
                 row = compare_at(mine, ref_points, reference, target)
-                lines.append({"model": model, "method A": method, "method B": ref,
+                lines.append({**where, "method A": method, "method B": ref,
                               "earlier change": reference,
                               "common gain range": "-" if common is None
                               else f"{common[0]:.2f} .. {common[1]:.2f}",
                               "points A": mine["variant"].nunique(),
                               "points B": ref_points["variant"].nunique(),
-                              "seeds": int(per_model.groupby("variant").size().min()),
+                              "seeds": int(per_budget.groupby("variant").size().min()),
                               **row, "reading": verdict(row)})
-    return pd.DataFrame(lines)
+    return _table(lines)
+
+
+def matched_values(runs: list[Run], at=DEFAULT_TARGETS) -> pd.DataFrame:
+    """Each method's own earlier-domain change at each in-domain gain of ``at`` (:func:`value_at`),
+    per model and budget: one row per model x budget x method x reference x target, with how
+    many front points (variants) and seeds it read."""
+    points = front_points(runs, replicates=True)
+    lines = []
+    for where, per_budget in _budgets(points):
+        for method, mine in per_budget.groupby("method", sort=False):
+            for reference in REFERENCES:
+                for target in at:
+                    lines.append({**where, "method": method, "earlier change": reference,
+                                  "points": mine["variant"].nunique(),
+                                  "seeds": mine["seed"].nunique(),
+                                  **value_at(mine, reference, float(target))})
+    return _table(lines)

@@ -62,6 +62,7 @@ def _cells(table: pd.DataFrame, precision: int) -> tuple[pd.DataFrame, list[bool
     text = _merge_intervals(table, precision)
     if not isinstance(table.index, pd.RangeIndex):   # index levels become leading columns
         text, table = text.reset_index(), table.reset_index()
+        text = text.astype(object).where(text.notna(), "-")   # a level not recorded (NA)
     numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in text.columns]
     for col in text.columns:
         if col in METHOD_COLUMNS:

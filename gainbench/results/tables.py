@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gainbench import metrics
-from gainbench.results.fronts import matched_comparison
+from gainbench.results.fronts import BUDGET, DEFAULT_TARGETS, matched_comparison, matched_values
 from gainbench.results.intervals import DocumentBootstrap, combine
 from gainbench.results.run_metrics import (RUN_METRICS, diagnostic_by_role, diagnostic_summary,
                                            downstream_changes, run_metrics)
@@ -159,12 +159,23 @@ def runs_table(runs):
 
 
 def matched_table(runs, at=None):
-    """At the middle of each pair's common gain range, or at each in-domain gain of ``at``."""
+    """At the middle of each pair's common gain range, or at each in-domain gain of ``at``; per
+    model and budget (``fronts.BUDGET``: methods are compared within one)."""
     tables = [matched_comparison(runs, at=g) for g in (at or [None])]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if table.empty:
         return []
-    return [("", table.set_index(["model", "method A", "method B", "earlier change"]))]
+    return [("", table.set_index(["model", *BUDGET, "method A", "method B", "earlier change"]))]
+
+
+def budget_table(runs, at=None):
+    """Each method's own earlier-domain change at each in-domain gain of ``at`` (default
+    ``fronts.DEFAULT_TARGETS``), a method's budgets in consecutive rows."""
+    table = matched_values(runs, at or DEFAULT_TARGETS)
+    if table.empty:
+        return []
+    index = ["model", "earlier change", "at gain", "method", *BUDGET]
+    return [("", table.set_index(index).sort_index())]
 
 
 @dataclass(frozen=True)
@@ -221,7 +232,17 @@ TABLES: dict[str, Table] = {
         "method B) strictly inside its measured points, never extrapolated; A - B (mean over "
         "the seeds both ran) < 0 = A keeps earlier domains better; lo/hi = 95% interval over "
         "what the 'covers' column names: validation documents (paired bootstrap), seeds "
-        "(Student-t) and an interpolation allowance (gainbench/results/fronts.py)", matched_table),
+        "(Student-t) and an interpolation allowance (gainbench/results/fronts.py); methods are "
+        "compared only within one budget (tokens/stage = train.tokens_per_stage, steps/stage = "
+        "the optimiser steps it makes; - = not recorded)", matched_table),
+    "budget": Table(
+        "Each method's earlier-domain change at matched in-domain gain, per budget",
+        "each seed's front read at the target gain (default 2, 4, 8%) strictly inside its "
+        "measured points, never extrapolated; value = mean over seeds (negative = better); lo/hi "
+        "= 95% interval over what 'covers' names: validation documents (bootstrap), seeds "
+        "(Student-t) and an interpolation allowance; a method that does not reach a target at a "
+        "budget has no value, the reason beside it (gainbench/results/fronts.py, value_at; "
+        "the figure: gainbench-figures --figures budget)", budget_table),
     "ppl_matrix": Table("Validation perplexity per run",
                         "rows: after stage k (0 = base), columns: domains", ppl_matrix_tables),
     "runs": Table("Every run", "one line per run folder", runs_table),
@@ -241,9 +262,10 @@ def _check_names(names) -> None:
 
 def tables_of(runs: list[Run], names=None, matched_at=None) -> dict[str, list[tuple[str, pd.DataFrame]]]:
     """The tables ``names`` (default: all) of the loaded runs; ``matched_at`` as in
-    ``build_tables``."""
+    ``build_tables`` (for the ``budget`` table too)."""
     _check_names(names)
-    return {name: (matched_table(runs, matched_at) if name == "matched" else TABLES[name].build(runs))
+    at_gains = {"matched": matched_table, "budget": budget_table}   # the tables ``matched_at`` sets
+    return {name: (at_gains[name](runs, matched_at) if name in at_gains else TABLES[name].build(runs))
             for name in (names or TABLES)}
 
 

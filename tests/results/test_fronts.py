@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gainbench.results.fronts import compare_at, interpolate, interpolation_allowance, overlap, verdict
+from gainbench.results.fronts import (compare_at, interpolate, interpolation_allowance,
+                                      matched_comparison, matched_values, overlap, run_budget,
+                                      value_at, verdict)
+from gainbench.results.runs import Run, label_variants
+from tests.results.conftest import planted_change, synthetic_study
 
 
 def test_interpolate_is_linear_inside_the_front_and_refuses_its_ends_and_beyond():
@@ -92,3 +96,52 @@ def test_a_target_at_a_front_s_last_point_is_refused_with_the_reason():
     row = compare_at(a, b, "vs base", at=2.0)
     assert np.isnan(row["A - B"])
     assert verdict(row) == "no comparison: A does not reach 2% (seed 0 spans 1.00 .. 2.00%, seed 1 spans 1.00 .. 2.00%)"
+
+
+def test_one_method_s_value_at_a_gain_reads_its_seeds_fronts_and_says_why_not():
+    a = _front(0.5, 0.0, [1.0, 2.0, 3.0], seeds=3, noise=0.1)
+    row = value_at(a, "vs base", at=2.5)
+    assert row["value"] == pytest.approx(1.25)   # a line: no interpolation allowance
+    # seeds at -0.1, 0, +0.1 off the line: standard error 0.1 / sqrt(3), t with 2 df = 4.303
+    assert row["hi"] - row["value"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-3)
+    assert row["covers"] == "3 seeds (Student-t)"
+    short = value_at(a, "vs base", at=3.0)    # the front's last point: refused, with the reason
+    assert np.isnan(short["value"]) and short["reason"] == (
+        "the front does not reach 3% (seed 0 spans 1.00 .. 3.00%, seed 1 spans 1.00 .. 3.00%, "
+        "seed 2 spans 1.00 .. 3.00%)")
+    one = value_at(_front(1.0, 0.0, [1.0, 2.0], seeds=1), "vs base", at=1.5)
+    assert one["value"] == pytest.approx(1.5) and np.isnan(one["lo"])
+    assert one["reason"] == "one seed and runs without per-document rows"
+
+
+def _config(tokens=None, seq_len=None, batch_size=None):
+    train = {k: v for k, v in dict(tokens_per_stage=tokens, seq_len=seq_len,
+                                   batch_size=batch_size).items() if v is not None}
+    return Run(path=None, meta={"config": {"train": train}}, rows=pd.DataFrame())
+
+
+def test_a_run_s_budget_is_its_tokens_and_the_steps_the_loop_makes_of_them():
+    assert run_budget(_config(4096, 256, 4)) == (4096, 4)
+    assert run_budget(_config(16384, 256, 4)) == (16384, 16)
+    assert run_budget(_config(5000, 256, 4)) == (5000, 5)   # 19 whole blocks, the last step 3 of them
+    assert run_budget(_config(4096)) == (4096, None)        # steps not derivable
+    assert run_budget(_config()) == (None, None)            # a run made before the key was stored
+
+
+def test_fronts_are_read_within_one_budget_never_across():
+    # the same learning rates at two budgets, forgetting 0.4 and 0.8 per unit of adaptation:
+    # read together, each budget keeps its own front
+    rng = np.random.default_rng(0)
+    runs = (synthetic_study(rng, forget=0.4, doc_sd=0.0, seed_sd=0.0, tokens_per_stage=4096)
+            + synthetic_study(rng, forget=0.8, doc_sd=0.0, seed_sd=0.0, tokens_per_stage=16384))
+    label_variants(runs)
+    values = matched_values(runs, at=[7.0])
+    for (tokens, steps, forget) in ((4096, 4, 0.4), (16384, 16, 0.8)):
+        mine = values[(values["tokens/stage"] == tokens) & (values["method"] == "a")
+                      & (values["earlier change"] == "vs base")]
+        assert mine["steps/stage"].tolist() == [steps]
+        # the front is read between two measured points of a curved function: within its allowance
+        assert mine["value"].iloc[0] == pytest.approx(planted_change(7.0, "vs base", forget), abs=0.05)
+    table = matched_comparison(runs, reference_method="a", at=7.0)
+    assert sorted(set(zip(table["tokens/stage"], table["steps/stage"]))) == [(4096, 4), (16384, 16)]
+    assert (table["A - B"].abs() < 1e-9).all()   # a and b share their front at each budget
