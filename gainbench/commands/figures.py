@@ -2,12 +2,14 @@
 
     gainbench-figures results/miniature/ --out results/figures/
     gainbench-figures runs/ --out figs/ --figures heatmap tradeoff
+    gainbench-figures results/matched results/matched-16 --figures budget --matched-at 2 4 8 --out figs/
 
 Reads rows.parquet, run.json and (for the per-token histograms) per_token/*.npy of every run
 folder under the given paths; runs no model. Figures are defined in gainbench/results/figures.py
 and drawn with matplotlib (``pip install 'gainbench[figures]'``). A folder of several results
 folders (``results/``) is drawn one results folder and sequence at a time, each into its own
-subfolder of ``--out`` (gainbench.results.figures.make_figures). ``python scripts/make_figures.py``
+subfolder of ``--out`` (gainbench.results.figures.make_figures); paths named together are read
+together, as the ``budget`` figure needs its budgets' folders. ``python scripts/make_figures.py``
 is the same command.
 """
 
@@ -29,6 +31,9 @@ def main() -> None:
     parser.add_argument("--figures", nargs="+", metavar="NAME", choices=list(FIGURES),
                         help="only these figures")
     parser.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    parser.add_argument("--matched-at", nargs="+", type=float, metavar="GAIN",
+                        help="in-domain gains (%%) at which the budget figure reads each method "
+                             "(default: 2 4 8)")
     args = parser.parse_args()
     try:
         require_extra("figures", "drawing figures")  # before any file is read or folder made
@@ -36,6 +41,7 @@ def main() -> None:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        print(make_figures(args.paths, args.out, args.figures, tuple(args.formats)))
+        print(make_figures(args.paths, args.out, args.figures, tuple(args.formats),
+                           args.matched_at))
     except (FileNotFoundError, GainbenchError) as err:
         sys.exit(f"{parser.prog}: error: {err.args[0]}")
