@@ -11,3 +11,16 @@ for study in miniature sweep sweep-v2; do
     > "results/tables/$study/matched_at_2_4_8.md"
 done
 python scripts/make_figures.py results/analyses --out results/figures/analyses
+# the matched comparison at every budget there is (results/matched, results/matched-16, ...):
+# its folders read together, each method's earlier-domain change at matched gain per budget
+budgets=()
+for folder in results/matched results/matched-*; do
+  if [ -d "$folder" ]; then budgets+=("$folder"); fi
+done
+if [ "${#budgets[@]}" -gt 0 ]; then
+  mkdir -p results/tables/matched-budgets
+  python scripts/make_tables.py "${budgets[@]}" --tables budget matched --matched-at 2 4 8 \
+    > results/tables/matched-budgets/budget_matched_at_2_4_8.md
+  python scripts/make_figures.py "${budgets[@]}" --figures budget --matched-at 2 4 8 \
+    --out results/figures/matched-budgets
+fi
