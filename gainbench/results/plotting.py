@@ -31,6 +31,11 @@ _MARKERS = {"gain": "*", "gain_ffn": "*", "lora": "o", "full_ft": "s", "ia3": "D
             "lora_all": "h", "lora_gain_modules": "p"}
 
 
+def method_order(method: str) -> tuple:
+    """Sort key for methods in legends and panels: ``METHOD_ORDER`` first, others by name."""
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
 def method_color(method: str) -> str:
     index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method))
     return f"C{index % 10}"

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from gainbench.results import intervals
-from gainbench.results.figures import budget_curves, downstream_per_stage, tradeoff_scatter
+from gainbench.results.figures import downstream_per_stage
+from gainbench.results.front_figures import budget_curves, tradeoff_scatter
 from gainbench.results.runs import label_variants, load_runs
 from tests.results.conftest import planted_change, synthetic_study, write_runs
 
