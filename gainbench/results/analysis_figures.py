@@ -22,6 +22,8 @@ def _nll_rows(run: Run, kind: str):
 
 def _per_token_changes(run: Run) -> dict[str, np.ndarray]:
     """domain -> per-token loss change (nats) between the first two saved stages."""
+    if run.path is None:   # a run made in memory has no arrays
+        return {}
     folder = run.path / "per_token"
     files = sorted(folder.glob("stage*_*.npy")) if folder.is_dir() else []
     by_domain: dict[str, dict[int, Path]] = {}

@@ -51,7 +51,7 @@ def display_variant(variant: str) -> str:
 
 @dataclass
 class Run:
-    path: Path
+    path: Path | None           # the run folder; None for a run made in memory (tests, fronts)
     meta: dict
     rows: pd.DataFrame          # finished stages only
     variant: str = field(default="")
@@ -90,7 +90,12 @@ class Run:
 
     @property
     def run_id(self) -> str:
-        return self.meta.get("run_id", self.path.name)
+        """The id run.json records; the folder's name for a record without one."""
+        if self.meta.get("run_id"):
+            return self.meta["run_id"]
+        if self.path is None:
+            raise ValueError("a run without a folder needs a run_id in its meta")
+        return self.path.name
 
     @property
     def domains(self) -> list[str]:

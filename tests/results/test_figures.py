@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from gainbench.results import intervals
+from gainbench.results.analysis_figures import per_token_histograms
 from gainbench.results.figures import downstream_per_stage
 from gainbench.results.front_figures import budget_curves, tradeoff_scatter
 from gainbench.results.runs import label_variants, load_runs
@@ -161,6 +162,10 @@ def test_the_tradeoff_is_drawn_per_budget():
     assert "4 steps (4,096 tokens) per stage" in four._suptitle.get_text()
     for method in ("a", "b"):   # a front joins its own budget's three learning rates only
         assert len(_line(four.axes[0], method)) == 3
+
+
+def test_runs_made_in_memory_have_no_per_token_figure():
+    assert per_token_histograms(_two_budgets(False)) == []   # Run(path=None): no arrays to read
 
 
 def test_budget_table_and_figure_from_two_results_folders(tmp_path, script, capsys, monkeypatch):

@@ -37,6 +37,13 @@ def test_compact_numbers():
     assert compact_number(0.003) == "0.003" and compact_number(8192) == "8192"
 
 
+def test_a_run_made_in_memory_is_named_by_its_recorded_id():
+    assert Run(None, {"config": {}, "run_id": "r-1"}, pd.DataFrame()).run_id == "r-1"
+    assert Run(Path("runs/r-2"), {"config": {}}, pd.DataFrame()).run_id == "r-2"   # no id recorded
+    with pytest.raises(ValueError, match="run_id"):
+        Run(None, {"config": {}}, pd.DataFrame()).run_id
+
+
 DOMAINS = [f"domain_{c}" for c in "abcdefgh"]
 
 
