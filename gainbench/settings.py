@@ -39,6 +39,8 @@ class RunSettings:
     train: TrainSettings
     eval_batch_size: int
     eval_stride: int | None   # None: non-overlapping blocks; else a sliding window of seq_len
+    eval_cells: str           # which perplexity cells each stage scores (config.evaluation.scored_domains)
+    reuse_base: bool          # take stage 0's rows from <results_dir>/.base/ when computed before
     lm_eval: LmEvalSettings
     diagnostics: DiagnosticSettings
     analysis: AnalysisSettings
@@ -91,6 +93,8 @@ def settings_from_config(cfg) -> RunSettings:
         train=train,
         eval_batch_size=evaluation.batch_size,
         eval_stride=evaluation.stride,
+        eval_cells=evaluation.cells,
+        reuse_base=evaluation.reuse_base,
         lm_eval=evaluation.lm_eval,
         diagnostics=evaluation.diagnostics,
         analysis=config.analysis,

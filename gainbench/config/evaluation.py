@@ -1,5 +1,6 @@
 """``eval:``: what is measured after every stage (configs/eval/*.yaml mirror these defaults):
-validation budgets and the per-document rules, lm-eval tasks, the column-span diagnostic.
+validation budgets and the per-document rules, which cells of the perplexity matrix are scored,
+the reuse of the base model's rows, lm-eval tasks, the column-span diagnostic.
 Part of the typed schema (gainbench.config.schema, whose docstring explains roles and run ids).
 """
 
@@ -78,6 +79,17 @@ class DedupSettings:
                                             doc="share of a validation document; null = no screen")
 
 
+CELLS = ("all", "matched")
+
+
+def scored_domains(cells: str, stage: int, last_stage: int) -> range:
+    """The domains (1-based, in sequence order) whose validation perplexity stage ``stage`` of a
+    ``last_stage``-stage sequence scores under ``eval.cells`` (:attr:`EvalSettings.cells`)."""
+    if cells == "all" or stage in (0, last_stage):
+        return range(1, last_stage + 1)
+    return range(stage, min(stage + 1, last_stage) + 1)   # the diagonal and the cell before the next
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """``eval:``: what is evaluated after every stage (configs/eval/default.yaml)."""
@@ -93,5 +105,23 @@ class EvalSettings:
     batch_size: int = setting(8, min=1, doc="validation blocks per forward pass")
     stride: int | None = setting(None, min=1, neutral=None,
                                  doc="null: whole blocks; N: sliding window of seq_len, N new tokens each")
+    # Which cells R[k][j] of the perplexity matrix are scored. ``matched``: what the comparison
+    # at matched in-domain gain reads (gainbench.results.fronts, through run_metrics and
+    # gainbench.metrics): the in-domain change, L[k][k] vs L[k-1][k], and the earlier-domain
+    # change, L[T][j] vs L[0][j] and vs L[j][j]. So stage 0 and stage T score every domain, stage
+    # k (1 <= k < T) its own domain k (the diagonal) and domain k+1 (the cell before the next
+    # diagonal): 4T - 2 of T(T+1) cells, 30 of 72 at T=8. BWT, FWT and the final PPL read only
+    # those cells too; forgetting (each domain's best loss over every earlier stage) and the full
+    # matrix do not, and are reported missing, never computed from part of it
+    # (gainbench.results.run_metrics.unscored_metrics). The rows differ, so it is in the run id.
+    cells: str = setting("all", choices=CELLS, neutral="all",
+                         doc="all | matched: only the cells the matched comparison reads "
+                             "(stage 0 and T every domain, stage k domains k and k+1)")
+    # How stage 0 is computed, not what: the rows are bitwise those of an evaluation
+    # (gainbench.evaluation.base_rows), so not in the run id.
+    reuse_base: bool = setting(True, role=EXECUTION,
+                               doc="reuse the base model's stage-0 rows from <results_dir>/.base/ "
+                                   "when a run with the same model, data, evaluation and "
+                                   "numerics computed them (one process only)")
     lm_eval: LmEvalSettings = setting(factory=LmEvalSettings)
     diagnostics: DiagnosticSettings = setting(factory=DiagnosticSettings)
