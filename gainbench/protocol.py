@@ -1,6 +1,7 @@
 """The sequential-adaptation protocol (DESIGN.md section 3), one run = one model x method x sequence.
 
-    stage 0: evaluate the base model on every domain and on the lm-eval tasks
+    stage 0: evaluate the base model on every domain and on the lm-eval tasks (or take the rows
+             an earlier run in the results folder computed for the same base: evaluation/base_rows.py)
     for k in 1..T: attach, train on domain k, absorb, evaluate every domain, lm-eval, write, mark done
 
 What is measured is a list of evaluators (gainbench.evaluation.evaluators); what differs between
@@ -26,6 +27,7 @@ from gainbench.data.domains import DomainData, prepare_domain, read_documents
 from gainbench.data.packing import tokenizer_training_texts
 from gainbench.errors import GainbenchError, first_line
 from gainbench.evaluation.analysis.stage_analyses import StageAnalyses
+from gainbench.evaluation.base_rows import BaseRows
 from gainbench.evaluation.evaluators import ColumnSpan, Evaluator, LmEval, Perplexity
 from gainbench.methods import Method, count_parameters, make_method
 from gainbench.models import context_length, load_model
@@ -112,6 +114,8 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
         settings.run_id, settings.resolved_config, model, domains, placement)
     # built before any stage changes the model: the diagnostic copies the base weights
     evaluators = _evaluators(settings, method, store, model, tokenizer, domains, placement)
+    # stage 0's rows, computed once per results folder by the first run that needs them
+    base_rows = BaseRows.for_run(settings, model, placement)
     # the run's optimiser steps keep counting across stages and resumes (train_steps)
     mirror = WandbMirror.for_run(settings, store.run_dir, enabled=placement.is_main,
                                  steps_done=sum(meta.get("train_steps", {}).values()))
@@ -131,8 +135,10 @@ def _run_stages(settings, method, store, model, tokenizer, domains, placement: P
                                                     placement, on_step=mirror.log_step)
             rows = []
             for evaluator in evaluators:
-                rows += evaluator(model, stage)
+                rows += base_rows.measure(evaluator, model, stage)
                 meta.update(evaluator.provenance)
+        if stage == 0:
+            meta["base_rows"] = base_rows.record
         if training is not None:
             rows += training.rows()
             meta["trainable_params"] = training.trainable_params   # an int; the row's value a float

@@ -9,13 +9,20 @@
 On resume each finished stage is replayed instead of trained; :meth:`Evaluator.after_replay`
 then rebuilds whatever state a later stage needs (a snapshot of the weights), without rows.
 Anything an evaluator learns about its own provenance (lm-eval's task versions) goes into
-:attr:`Evaluator.provenance`, which the protocol merges into run.json.
+:attr:`Evaluator.provenance`, which the protocol merges into run.json. An evaluator whose stage-0
+rows depend only on the base model and its own settings says what those are in
+:meth:`Evaluator.base_identity`: the protocol then computes them once per results folder and
+reuses them (gainbench.evaluation.base_rows).
 
 The evaluators here: validation perplexity on every domain, lm-eval tasks, the column-span
 diagnostic, and the figure analyses (:mod:`gainbench.evaluation.analysis.stage_analyses`).
 """
 
 from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -38,6 +45,13 @@ class Evaluator:
     def after_replay(self, model, stage: int) -> None:
         """Called on resume once finished stage ``stage`` is replayed: no rows, only state."""
 
+    def base_identity(self) -> dict | None:
+        """What decides this evaluator's stage-0 rows besides the base model's weights and the
+        machine's numerics (gainbench.evaluation.base_rows adds those): plain JSON values,
+        including the source of the modules that compute them (``sources``); None (the default)
+        when they cannot be reused: side effects, state kept for later stages, or no rows."""
+        return None
+
 
 class Perplexity(Evaluator):
     """Pooled validation NLL, perplexity and bits per byte of every domain (DESIGN.md section 4):
@@ -53,6 +67,15 @@ class Perplexity(Evaluator):
         self.domains, self.batch_size = domains, batch_size
         self.stride, self.context = stride, context
         self.placement, self.per_document = placement, per_document
+
+    def base_identity(self) -> dict:
+        """Each domain's validation tokens, their documents and bytes (hashed), and the scoring
+        settings."""
+        return {"domains": [_validation_identity(d) for d in self.domains],
+                "batch_size": self.batch_size, "stride": self.stride, "context": self.context,
+                "per_document": self.per_document,
+                "sources": _sources(__name__, "gainbench.evaluation.perplexity",
+                                    "gainbench.placement", "gainbench.distributed")}
 
     def __call__(self, model, stage: int | None) -> list[dict]:
         rows = []
@@ -108,6 +131,28 @@ class LmEval(Evaluator):
         self.provenance = {"lm_eval": versions}
         return [dict(eval_kind="lm_eval", **row) for row in rows]
 
+    def base_identity(self) -> dict | None:
+        """The tasks and their settings, the seed lm-eval is seeded with, the tokenizer, the task
+        definitions (gainbench's own and ``include_path``'s files) and lm-eval's version; None
+        when lm-eval does not run at stage 0 or the tokenizer cannot be fingerprinted."""
+        from gainbench.data.token_cache import tokenizer_fingerprint
+        from gainbench.evaluation.lm_eval_bridge import TASKS_DIR
+        from gainbench.provenance import package_versions
+
+        if not self.settings.runs_at(0, self.last_stage):
+            return None
+        tokenizer = tokenizer_fingerprint(self.tokenizer)
+        if tokenizer is None:
+            return None
+        lm = self.settings
+        versions = package_versions()
+        return {"tasks": list(lm.tasks), "num_fewshot": lm.num_fewshot, "limit": lm.limit,
+                "batch_size": lm.batch_size, "seed": self.seed, "tokenizer": tokenizer,
+                "task_files": _folder_digest(TASKS_DIR),
+                "include_path": lm.include_path and _folder_digest(lm.include_path),
+                "versions": {k: versions[k] for k in ("lm_eval", "datasets")},
+                "sources": _sources(__name__, "gainbench.evaluation.lm_eval_bridge")}
+
 
 class ColumnSpan(Evaluator):
     """How much of the cumulative update leaves the base weights' spans (DESIGN.md section 2),
@@ -143,3 +188,33 @@ class ColumnSpan(Evaluator):
                 if self.placement.is_main:
                     rows += diagnose({name: pair[0]}, {name: pair[1]}, self.layout, device=device)
         return rows
+
+
+def _validation_identity(domain) -> dict:
+    """A domain's validation set as the perplexity rows see it: name, tokens, each token's
+    document, the document ids and the byte counts (a hash of the tensors)."""
+    digest = hashlib.sha256()
+    for tensor in (domain.val_blocks, domain.val_doc_index):
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update("\x00".join(domain.val_doc_ids).encode("utf-8", errors="surrogatepass"))
+    return {"name": domain.name, "validation": digest.hexdigest(), "bytes": domain.val_bytes,
+            "stream_bytes": domain.val_stream_bytes}
+
+
+def _sources(*modules: str) -> str:
+    """A hash of the source files of ``modules`` (imported names): an edit to the code that
+    computes the rows never reuses rows the old code computed."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        source = Path(importlib.import_module(name).__file__).read_bytes()
+        digest.update(name.encode() + b"\x00" + source)
+    return digest.hexdigest()
+
+
+def _folder_digest(folder) -> str:
+    """A hash of every file's relative path and bytes under ``folder``."""
+    folder, digest = Path(folder), hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(folder)).encode() + b"\x00" + path.read_bytes())
+    return digest.hexdigest()
