@@ -2,7 +2,8 @@
 
     stage 0: evaluate the base model on every domain and on the lm-eval tasks (or take the rows
              an earlier run in the results folder computed for the same base: evaluation/base_rows.py)
-    for k in 1..T: attach, train on domain k, absorb, evaluate every domain, lm-eval, write, mark done
+    for k in 1..T: attach, train on domain k, absorb, evaluate every domain (eval.cells=matched:
+                   domains k and k+1 before T), lm-eval, write, mark done
 
 What is measured is a list of evaluators (gainbench.evaluation.evaluators); what differs between
 methods is the method's own (gainbench.methods.base.Method); where the model lives and which
@@ -171,7 +172,7 @@ def _evaluators(settings: RunSettings, method: Method, store: RunStore, model, t
     # the analyses run in one process, and their grids need pooled rows only
     analyses_perplexity = perplexity(per_document=False)
     return [
-        perplexity(placement=placement),
+        perplexity(placement=placement, cells=settings.eval_cells),
         LmEval(settings.lm_eval, tokenizer, settings.seed, last_stage, placement),
         ColumnSpan(settings.diagnostics, model, method, last_stage, placement),
         StageAnalyses(settings.analysis, store.run_dir, domains,

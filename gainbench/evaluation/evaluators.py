@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from gainbench.config.evaluation import scored_domains
 from gainbench.evaluation.analysis.column_span import diagnose, snapshot_weights
 from gainbench.evaluation.perplexity import strided_nll, validation_nll
 from gainbench.placement import SINGLE_PROCESS, Placement
@@ -59,18 +60,28 @@ class Perplexity(Evaluator):
 
     With ``per_document`` (the default), also one ``ppl_doc`` row per validation document: its
     NLL sum (``metric`` nll_sum, nats) and predicted tokens (``n``), named in the ``document``
-    column, so intervals can resample documents (gainbench.results.intervals)."""
+    column, so intervals can resample documents (gainbench.results.intervals).
+
+    ``cells`` (``eval.cells``): ``all`` scores every domain after every stage; ``matched`` only
+    the domains the matched comparison reads (gainbench.config.evaluation.scored_domains).
+    ``stage`` None (the figure analyses' grids) scores every domain."""
 
     def __init__(self, domains: list, batch_size: int, stride: int | None = None,
                  context: int | None = None, placement: Placement = SINGLE_PROCESS,
-                 per_document: bool = True):
+                 per_document: bool = True, cells: str = "all"):
         self.domains, self.batch_size = domains, batch_size
         self.stride, self.context = stride, context
-        self.placement, self.per_document = placement, per_document
+        self.placement, self.per_document, self.cells = placement, per_document, cells
+
+    def scored(self, stage: int | None) -> list:
+        """The domains scored after stage ``stage``."""
+        if stage is None:
+            return list(self.domains)
+        return [self.domains[j - 1] for j in scored_domains(self.cells, stage, len(self.domains))]
 
     def base_identity(self) -> dict:
         """Each domain's validation tokens, their documents and bytes (hashed), and the scoring
-        settings."""
+        settings. Stage 0 scores every domain whatever ``cells`` says, so it is not part of it."""
         return {"domains": [_validation_identity(d) for d in self.domains],
                 "batch_size": self.batch_size, "stride": self.stride, "context": self.context,
                 "per_document": self.per_document,
@@ -80,7 +91,8 @@ class Perplexity(Evaluator):
     def __call__(self, model, stage: int | None) -> list[dict]:
         rows = []
         # disable=None: a bar on a terminal, nothing in a log file
-        for domain in tqdm(self.domains, leave=False, disable=None if self.placement.is_main else True,
+        for domain in tqdm(self.scored(stage), leave=False,
+                           disable=None if self.placement.is_main else True,
                            desc=f"stage {stage} eval" if stage is not None else "analysis eval"):
             documents = (dict(doc_index=domain.val_doc_index, n_docs=len(domain.val_doc_ids))
                          if self.per_document else {})

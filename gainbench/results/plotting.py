@@ -55,12 +55,16 @@ def method_style(method: str) -> dict:
 
 def diverging_cells(ax, values: np.ndarray, **imshow_kwargs):
     """Draw ``values`` (percent changes) with a diverging map centred on zero, each cell
-    labelled; returns the image for a colour bar."""
+    labelled; a NaN cell (not measured: a run with ``eval.cells=matched``) is grey and labelled
+    ``-``, never white, which is the map's zero. Returns the image for a colour bar."""
+    from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
 
     limit = max(float(np.nanmax(np.abs(values))), 1e-6)
-    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), **imshow_kwargs)
+    cmap = colormaps["RdBu_r"].with_extremes(bad="0.8")
+    image = ax.imshow(values, cmap=cmap, norm=TwoSlopeNorm(0.0, -limit, limit), **imshow_kwargs)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            ax.text(j, i, f"{values[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+            label = "-" if np.isnan(values[i, j]) else f"{values[i, j]:+.1f}"
+            ax.text(j, i, label, ha="center", va="center", fontsize=8)
     return image

@@ -9,6 +9,7 @@ from disk.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import cache
 from typing import Callable
 
 import numpy as np
@@ -31,11 +32,45 @@ RUN_METRICS: dict[str, Callable[[np.ndarray], float]] = {
 
 
 def run_metrics(run: Run) -> dict[str, float]:
-    """``RUN_METRICS`` of one run; NaN for every metric when the run has not finished."""
+    """``RUN_METRICS`` of one run; NaN for every metric when the run has not finished, and for a
+    metric that reads a cell the run did not score (:func:`unscored_metrics`)."""
     if not run.complete:
         return {name: np.nan for name in RUN_METRICS}
     L = run.loss_matrix.values
-    return {name: float(fn(L)) for name, fn in RUN_METRICS.items()}
+    missing = unscored_metrics(L)
+    return {name: np.nan if name in missing else float(fn(L)) for name, fn in RUN_METRICS.items()}
+
+
+def unscored_metrics(L: np.ndarray) -> dict[str, str]:
+    """The ``RUN_METRICS`` that read a cell of the loss matrix ``L`` (NaN: no row) the run did not
+    score, each with the reason it is missing. A run with ``eval.cells=matched`` scores only the
+    cells the matched comparison reads (gainbench.config.evaluation.scored_domains): its
+    in-domain and earlier-domain changes, BWT, FWT and final PPL are whole; forgetting, which
+    takes every earlier stage's loss of each domain, is missing, never a min over the cells
+    there are."""
+    L = np.asarray(L, dtype=float)
+    gaps = np.isnan(L)
+    out = {}
+    for name in RUN_METRICS if gaps.any() else ():
+        needed = _cells_read(name, *L.shape) & gaps
+        if needed.any():
+            k, j = np.argwhere(needed)[0]
+            out[name] = (f"reads {int(needed.sum())} cell(s) of the PPL matrix this run did not "
+                         f"score (eval.cells=matched), e.g. domain {j + 1} after stage {k}")
+    return out
+
+
+@cache
+def _cells_read(name: str, stages: int, domains: int) -> np.ndarray:
+    """Which cells of a ``(stages, domains)`` loss matrix metric ``name`` reads: those whose NaN
+    makes it NaN (the formulas are in gainbench.metrics; none of them skips a NaN)."""
+    read = np.zeros((stages, domains), dtype=bool)
+    for k in range(stages):
+        for j in range(domains):
+            probe = np.zeros((stages, domains))
+            probe[k, j] = np.nan
+            read[k, j] = np.isnan(RUN_METRICS[name](probe))
+    return read
 
 
 def default_headline_metrics() -> dict[str, str]:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from gainbench import metrics
 from gainbench.results.intervals import DOCUMENT_KIND, change_standard_error
-from gainbench.results.run_metrics import diagnostic_by_role, diagnostic_summary, headline_metric
+from gainbench.results.run_metrics import (diagnostic_by_role, diagnostic_summary,
+                                           headline_metric, unscored_metrics)
 
 
 def summary_text(rows: pd.DataFrame, domains: list[str],
@@ -27,7 +28,10 @@ def summary_text(rows: pd.DataFrame, domains: list[str],
     ppl.index = [f"{s}: {'base' if s == 0 else domains[s - 1]}" for s in ppl.index]
     ppl.index.name = "after stage"
     lines += ["", "Validation perplexity (rows: after stage, columns: domain)",
-              ppl.round(2).to_string()]
+              ppl.round(2).to_string(na_rep="-")]
+    if L.isna().any(axis=None):
+        lines.append("(-: not scored; eval.cells=matched scores every domain at stage 0 and the "
+                     "last stage, and domains k and k+1 after stage k)")
     lines += _validation_set_lines(rows, domains)
     T = len(domains)
     if len(L) == T + 1:  # the change tables need every stage
@@ -39,16 +43,27 @@ def summary_text(rows: pd.DataFrame, domains: list[str],
         }, index=domains)
         lines += ["", "Per domain (negative = lower PPL = better; the last domain has no 'earlier' change)",
                   table.round(2).to_string(na_rep="-")]
-        earlier = metrics.earlier_domain_change_vs_base(L.values)
+        missing = unscored_metrics(L.values)   # "-", never a value from part of the matrix
+
+        def shown(name: str, value, form: str, unit: str = "") -> str:
+            return "-" if name in missing else format(float(value), form) + unit
         lines.append("")
         transfer = ""
         if T > 1:  # a one-domain sequence has no earlier domain, so no transfer either
-            lines.append(f"Earlier domains, final vs base: mean {earlier.mean():+.2f}%   "
-                         f"vs just-trained: mean {metrics.earlier_domain_change_vs_trained(L.values).mean():+.2f}%")
-            transfer = (f"BWT {metrics.backward_transfer(L.values):+.4f} nats (negative = forgetting)   "
-                        f"FWT {metrics.forward_transfer(L.values):+.4f} nats   "
-                        f"forgetting {metrics.forgetting(L.values):.4f} nats   ")
-        lines += [f"{transfer}final PPL (geo-mean) {metrics.final_ppl_geomean(L.values):.2f}"]
+            lines.append("Earlier domains, final vs base: mean " + shown(
+                "earlier dPPL% vs base", metrics.earlier_domain_change_vs_base(L.values).mean(), "+.2f")
+                + "%   vs just-trained: mean " + shown(
+                "earlier dPPL% vs just-trained",
+                metrics.earlier_domain_change_vs_trained(L.values).mean(), "+.2f") + "%")
+            nats = " nats"
+            transfer = (f"BWT {shown('BWT (nats)', metrics.backward_transfer(L.values), '+.4f', nats)}"
+                        " (negative = forgetting)   "
+                        f"FWT {shown('FWT (nats)', metrics.forward_transfer(L.values), '+.4f', nats)}   "
+                        "forgetting "
+                        f"{shown('forgetting (nats)', metrics.forgetting(L.values), '.4f', nats)}   ")
+        final = shown("final PPL (geo-mean)", metrics.final_ppl_geomean(L.values), ".2f")
+        lines.append(f"{transfer}final PPL (geo-mean) {final}")
+        lines += [f"  {name}: - ({reason})" for name, reason in missing.items()]
     lines += _diagnostic_lines(rows)
     lines += _downstream_lines(rows, headline_metrics)
     return "\n".join(lines)
