@@ -62,6 +62,17 @@ def setup(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def compose(overrides):
+    """The config ``python -m gainbench <overrides>`` would run (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from gainbench.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
 def method_config(name: str) -> tuple[float, dict]:
     """A method's conventional learning rate and options, from configs/method/<name>.yaml."""
     from omegaconf import OmegaConf

@@ -168,16 +168,6 @@ def cache_lm_eval_env_info() -> None:
     lm_eval.evaluator.add_env_info = add_env_info_once
 
 
-def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from gainbench.cli import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedded", action="store_true",
@@ -203,7 +193,7 @@ def main():
     runs = []
     for i in range(warmup + args.reps):
         with tempfile.TemporaryDirectory(prefix="gainbench-profile-") as tmp:
-            runs.append(profiled_run(compose(overrides + [f"results_dir={tmp}"])))
+            runs.append(profiled_run(_bench.compose(overrides + [f"results_dir={tmp}"])))
         print(f"run {i + 1}/{warmup + args.reps}: {runs[-1]['total']:.1f} s"
               + (" (warm-up)" if i < warmup else "")
               + (f" (INTERRUPTED by SIGTERM after {runs[-1]['stages_finished']} finished stages: partial)"

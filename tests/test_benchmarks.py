@@ -18,6 +18,8 @@ SCRIPTS = {
     ("absorbed_inference.py",): ("forward latency", ["absorbed_inference.json", "absorbed_inference.csv"]),
     ("protocol_profile.py",): ("protocol wall time by phase", ["protocol_profile.json",
                                                               "protocol_profile.csv"]),
+    ("evaluation_savings.py",): ("evaluation seconds of a sweep", ["evaluation_savings.json",
+                                                                  "evaluation_savings.csv"]),
     ("sharding_memory.py", "--methods", "full_ft"): ("per rank (largest): training state",
                                                      ["sharding_memory_quick.json", "sharding_memory_quick.csv"]),
     ("gpu.py", "--dry-run"): ("the plan", ["gpu_plan.json", "gpu_plan.csv"]),
