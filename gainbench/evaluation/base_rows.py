@@ -24,6 +24,12 @@ the one an evaluation would have written. run.json's ``base_rows`` says, per eva
 and whether the rows were reused. An entry that cannot be read, or does not hold what its name
 says, is ignored with a one-line warning and written again.
 
+Which evaluators share their stage 0: perplexity and lm-eval. The others have no base rows to
+share: the column-span diagnostic copies the base weights when it is built and gives no rows at
+stage 0, the model export writes nothing at stage 0, and the figure analyses write per-token
+files into the run folder (a stage-0 side effect another run's entry cannot stand in for), so
+they are always called. Every evaluator's ``before_stage`` still runs at stage 0, reused or not.
+
 Only in a run of one process: under DDP or FSDP each rank scores its share of the batches, so
 the ranks would have to agree on the decision and skip the same collectives; those runs evaluate
 stage 0 (run.json: ``base_rows.off``).
