@@ -301,7 +301,9 @@ def matched_comparison(runs: list[Run], reference_method: str | None = None,
                               else f"{common[0]:.2f} .. {common[1]:.2f}",
                               "points A": mine["variant"].nunique(),
                               "points B": ref_points["variant"].nunique(),
-                              "seeds": int(per_budget.groupby("variant").size().min()),
+                              # the seeds both ran (the comparison pairs them); a searched
+                              # front has one seed at most of its learning rates
+                              "seeds": len(set(mine["seed"]) & set(ref_points["seed"])),
                               **row, "reading": verdict(row)})
     return _table(lines)
 

@@ -145,3 +145,13 @@ def test_fronts_are_read_within_one_budget_never_across():
     table = matched_comparison(runs, reference_method="a", at=7.0)
     assert sorted(set(zip(table["tokens/stage"], table["steps/stage"]))) == [(4096, 4), (16384, 16)]
     assert (table["A - B"].abs() < 1e-9).all()   # a and b share their front at each budget
+
+
+def test_the_seeds_column_counts_the_seeds_both_methods_ran_not_those_of_one_learning_rate():
+    # a searched front: the lowest learning rate was run on seed 0 only, the others on all three
+    runs = [r for r in synthetic_study(np.random.default_rng(0))
+            if not (r.meta["config"]["method"]["lr"] == 1e-3 and r.meta["config"]["seed"] > 0)]
+    label_variants(runs)
+    table = matched_comparison(runs, reference_method="b", at=7.0)
+    assert set(table["seeds"]) == {3}
+    assert set(matched_values(runs, at=[7.0])["seeds"]) == {3}
