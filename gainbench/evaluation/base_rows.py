@@ -55,6 +55,9 @@ from gainbench.files import atomic_write
 FORMAT = 1          # bump when an entry's layout, or what its key hashes, changes
 FOLDER = ".base"    # under results_dir, beside the run folders (kept out of git)
 _SAMPLES = 4096     # values per tensor in the weights' digest
+# this module's source as this process loaded it (an edit while a long sweep runs must not
+# change the key of rows its loaded code writes; gainbench.evaluation.evaluators._sources)
+_OWN_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 class BaseRows:
@@ -110,7 +113,7 @@ class BaseRows:
                 "numerics": provenance.numerics(),
                 "versions": {**{k: versions[k] for k in ("python", "torch", "transformers")},
                              "numpy": np.__version__},
-                "sources": _sha256(Path(__file__).read_text()),
+                "sources": _OWN_SOURCE,
             }
         return self._common
 

@@ -215,13 +215,19 @@ def _validation_identity(domain) -> dict:
 
 
 def _sources(*modules: str) -> str:
-    """A hash of the source files of ``modules`` (imported names): an edit to the code that
-    computes the rows never reuses rows the old code computed."""
+    """A hash of the source of ``modules`` as this process loaded them (:data:`_LOADED`): an edit
+    to the code that computes the rows never reuses rows the old code computed, and an edit made
+    while a long process runs (a sweep in one process) does not label the rows its loaded code
+    computes with the edited code's hash."""
     digest = hashlib.sha256()
     for name in sorted(modules):
-        source = Path(importlib.import_module(name).__file__).read_bytes()
-        digest.update(name.encode() + b"\x00" + source)
+        digest.update(name.encode() + b"\x00" + _LOADED[name])
     return digest.hexdigest()
+
+
+def read_sources(modules) -> dict[str, bytes]:
+    """Each module's source file, the module imported first (so the file read is the code run)."""
+    return {name: Path(importlib.import_module(name).__file__).read_bytes() for name in modules}
 
 
 def _folder_digest(folder) -> str:
@@ -230,3 +236,8 @@ def _folder_digest(folder) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(str(path.relative_to(folder)).encode() + b"\x00" + path.read_bytes())
     return digest.hexdigest()
+
+
+# read at import, beside the code this process runs (see _sources)
+_LOADED = read_sources([__name__, "gainbench.evaluation.perplexity", "gainbench.placement",
+                        "gainbench.distributed", "gainbench.evaluation.lm_eval_bridge"])

@@ -3,10 +3,12 @@ with the same key takes stage 0's rows from <results_dir>/.base/ and writes the 
 evaluation would have written, bit for bit; what decides the rows is in the key; a damaged
 entry is evaluated again and rewritten; one switch turns it off."""
 
+import importlib
 import io
 import json
 import math
 import struct
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gainbench.evaluation import base_rows
+from gainbench.evaluation import base_rows, evaluators
 from gainbench.evaluation.base_rows import BaseRows, spread, weights_digest
 from gainbench.evaluation.evaluators import Evaluator, LmEval, Perplexity
 from gainbench.models import ModelSpec
@@ -99,18 +101,23 @@ def test_the_weights_digest_reaches_every_tensor_s_last_element(tiny_model):
     assert weights_digest(tiny_model) != before
 
 
-def test_an_edit_to_the_evaluation_code_changes_the_key(tmp_path, monkeypatch):
+def test_an_edit_to_the_evaluation_code_changes_the_key_of_a_process_that_loads_it(monkeypatch):
     domain = SimpleNamespace(name="d", val_blocks=torch.zeros(2, 4, dtype=torch.long),
                              val_doc_index=torch.zeros(2, 4, dtype=torch.long), val_doc_ids=("a",),
                              val_bytes=8, val_stream_bytes=8)
     before = Perplexity([domain], 4).base_identity()
+    assert Perplexity([domain], 8).base_identity() != before  # the batch size is in it
     real = base_rows.Path.read_bytes
 
     def edited(path):
         return real(path) + (b"# edited" if path.name == "perplexity.py" else b"")
     monkeypatch.setattr(base_rows.Path, "read_bytes", edited)
-    assert Perplexity([domain], 4).base_identity()["sources"] != before["sources"]
-    assert Perplexity([domain], 8).base_identity() != before  # and the batch size is in it
+    # this process still runs the code it loaded, and says so ...
+    assert Perplexity([domain], 4).base_identity()["sources"] == before["sources"]
+    # ... a process that loads the edit hashes another source
+    modules = ["gainbench.evaluation.perplexity", "gainbench.placement"]
+    assert evaluators.read_sources(modules) != {name: real(Path(importlib.import_module(name).__file__))
+                                                 for name in modules}
 
 
 @pytest.mark.parametrize("damage", [
