@@ -13,7 +13,7 @@ import pandas as pd
 from gainbench.results.fronts import BUDGET, DEFAULT_TARGETS, REFERENCES, matched_values, run_budget
 from gainbench.results.plotting import method_order, method_style, pyplot
 from gainbench.results.run_metrics import run_metrics
-from gainbench.results.runs import Run, compact_number, display_name
+from gainbench.results.runs import SCORING_KEYS, Run, compact_number, display_name, point_variant
 
 
 def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
@@ -26,8 +26,9 @@ def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
     for run in runs:   # a figure is drawn per budget: the budget does not tell its points apart
         by_method.setdefault((run.model, run.method, run_budget(run)), []).append(run)
     for group in by_method.values():
-        keys = {r.run_id: {k: v for k, v in r.variant_keys.items() if k != "tokens_per_stage"}
-                for r in group}
+        # nor does eval.cells (SCORING_KEYS): it moves no point
+        keys = {r.run_id: {k: v for k, v in r.variant_keys.items()
+                           if k not in ("tokens_per_stage", *SCORING_KEYS)} for r in group}
         defaults = {r.config["method"].get("lr") for r in group}
         default = defaults.pop() if len(defaults) == 1 else None
         lr_only = all(set(keys[r.run_id]) <= {"lr"} for r in group)
@@ -50,7 +51,7 @@ def _tradeoff_points(runs: list[Run]) -> pd.DataFrame:
         m = run_metrics(run)
         point, reading = labels[run.run_id]
         lines.append({"model": run.model, **dict(zip(BUDGET, run_budget(run))),
-                      "method": run.method, "variant": run.variant,
+                      "method": run.method, "variant": point_variant(run),
                       "point": point, "reading": reading, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})

@@ -40,7 +40,7 @@ import pandas as pd
 from gainbench import metrics
 from gainbench.results.intervals import DocumentBootstrap, Interval, combine
 from gainbench.results.run_metrics import run_metrics
-from gainbench.results.runs import Run
+from gainbench.results.runs import Run, point_variant
 
 REFERENCES = ("vs base", "vs just-trained")
 # The columns that name a run's budget (run_budget): every front is read within one.
@@ -75,7 +75,8 @@ def _groups(points: pd.DataFrame, keys: list[str]):
 
 
 def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
-    """One row per finished run: model, budget (``BUDGET``), method, variant, lr, seed, x (gain)
+    """One row per finished run: model, budget (``BUDGET``), method, variant (``point_variant``:
+    an eval.cells=all and a matched run of one lr are one point, the same numbers), lr, seed, x (gain)
     and both y's; with ``replicates``, also each run's values under the document bootstrap of
     the runs of its model and budget (columns ``<name> reps``, an array each, or None when
     documents cannot be resampled)."""
@@ -86,7 +87,7 @@ def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
             continue
         finished.append(run)
         lines.append({"model": run.model, **dict(zip(BUDGET, run_budget(run))),
-                      "method": run.method, "variant": run.variant,
+                      "method": run.method, "variant": point_variant(run),
                       "lr": run.lr, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})

@@ -3,7 +3,10 @@
 A *variant* is everything that changes training except the seed: runs of one model and method
 that differ in learning rate (or any other training key) are different variants, runs that
 differ only in their seed are repetitions of one variant and are averaged over. Keys that only
-change what is *measured* (lm-eval tasks, figure analyses, logging) do not make a new variant.
+change what is *measured* (lm-eval tasks, figure analyses, logging) do not make a new variant,
+except ``eval.cells``: a ``matched`` run lacks cells an ``all`` run has (forgetting, the full PPL
+matrix), so the two are not repeats of each other. Its numbers are those of the same run with every
+cell scored, so a front takes both as one point (``point_variant``).
 
 Tables and figures keep the registry names (``lora (lr=0.0001)``); what a reader sees goes
 through ``display_name`` / ``display_variant`` (``LoRA (lr=0.0001)``), the one place that names
@@ -16,19 +19,25 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
 from gainbench import metrics
+from gainbench.config.evaluation import EvalSettings
 from gainbench.results.store import read_finished_rows, read_record
 
-# Config keys that can change the trained weights or the validation numbers.
+# Config keys that can change the trained weights or the validation numbers (or which there are).
 # (The near-duplicate screen drops training documents, so it changes the weights too.)
 _TRAINING_PREFIXES = ("model.", "method.", "train.", "sequence.", "eval.val_tokens", "eval.stride",
-                      "eval.val_doc_tokens", "eval.val_dedup")
+                      "eval.val_doc_tokens", "eval.val_dedup", "eval.cells")
+# Variant keys that change which numbers a run has, not the numbers it has: runs that differ only
+# in them are one point of a front (``point_variant``).
+SCORING_KEYS = ("cells",)
+# What a run recorded before eval.cells existed did (the field's neutral value): score every cell.
+_CELLS_BEFORE_THE_KEY = next(f for f in fields(EvalSettings) if f.name == "cells").metadata["neutral"]
 
 # How each method is named in print (tables, figures, legends); the registry name stays in the
 # data. A method missing here prints under its registry name.
@@ -87,6 +96,11 @@ class Run:
     @property
     def lr(self) -> float:
         return float(self.config.get("train", {}).get("lr") or self.config["method"].get("lr") or 0.0)
+
+    @property
+    def cells(self) -> str:
+        """``eval.cells``: which cells of the PPL matrix the run scored (``all`` before the key)."""
+        return (self.config.get("eval") or {}).get("cells", _CELLS_BEFORE_THE_KEY)
 
     @property
     def run_id(self) -> str:
@@ -196,7 +210,11 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def _training_keys(run: Run) -> dict:
-    return {k: v for k, v in _flatten(run.config).items() if k.startswith(_TRAINING_PREFIXES)}
+    keys = {k: v for k, v in _flatten(run.config).items() if k.startswith(_TRAINING_PREFIXES)}
+    keys.setdefault("eval.cells", json.dumps(_CELLS_BEFORE_THE_KEY))
+    return keys
+
+
 
 
 def _short_hash(value) -> str:
@@ -277,5 +295,15 @@ def label_variants(runs: list[Run]) -> None:
                     continue
                 parts[short_key if short_key not in parts else key] = value
             run.variant_keys = parts
-            run.variant = (f"{run.method} ({', '.join(f'{k}={v}' for k, v in parts.items())})"
-                           if parts else run.method)
+            run.variant = _variant_label(run.method, parts)
+
+
+def _variant_label(method: str, parts: dict[str, str]) -> str:
+    return f"{method} ({', '.join(f'{k}={v}' for k, v in parts.items())})" if parts else method
+
+
+def point_variant(run: Run) -> str:
+    """The run's variant without the keys that only say which cells it scored (``SCORING_KEYS``):
+    an ``eval.cells=all`` and a ``matched`` run of one learning rate are one point of a front."""
+    return _variant_label(run.method, {k: v for k, v in run.variant_keys.items()
+                                       if k.rsplit(".", 1)[-1] not in SCORING_KEYS})
