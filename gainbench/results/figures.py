@@ -21,13 +21,14 @@ from gainbench.results.analysis_figures import (combination_grids, interpolation
 from gainbench.results.front_figures import budget_curves, tradeoff_scatter
 from gainbench.results.plotting import (diverging_cells, method_order, method_style, pct_change,
                                         pyplot)
-from gainbench.results.run_metrics import headline_metric, headline_metrics_of
+from gainbench.results.run_metrics import NOT_SCORED, headline_metric, headline_metrics_of
 from gainbench.results.runs import Run, load_studies
 
 
 def ppl_change_heatmaps(runs: list[Run]):
     """Per run: dPPL% of every domain after every stage, against the base model (one figure at
-    a time: ``write_figures`` closes each before the next is drawn, however many runs)."""
+    a time: ``write_figures`` closes each before the next is drawn, however many runs); a cell
+    the run did not score (eval.cells=matched) grey with ``-``, the title saying why."""
     plt = pyplot()
     for run in runs:
         L = run.loss_matrix
@@ -42,8 +43,11 @@ def ppl_change_heatmaps(runs: list[Run]):
         ax.set_xlabel("evaluated domain")
         ax.set_ylabel("after training stage")
         fig.colorbar(image, ax=ax, label="validation PPL change vs base (%)")
+        # say why a cell is grey, not only that it is (diverging_cells draws NaN grey with '-')
+        unscored = (f"\ngrey {NOT_SCORED}: only the cells the matched comparison reads"
+                    if pd.isna(change).any() else "")
         ax.set_title(f"{run.label} on {run.model}, seed {run.seed}: PPL change vs base "
-                     f"(blue = better; box = domain just trained)", fontsize=10)
+                     f"(blue = better; box = domain just trained){unscored}", fontsize=10)
         fig.tight_layout()
         yield f"heatmap_{run.run_id}", fig
 

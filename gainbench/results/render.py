@@ -85,12 +85,14 @@ def render(name: str, tables: list[tuple[str, pd.DataFrame]], fmt: str = "md",
     for caption, table in tables:
         title = f"{spec.title}{f' ({display_variant(caption)})' if caption else ''}"
         text, numeric = _cells(table, precision)
+        # why a cell is '-' where the frame says (aggregate.with_notes): beside the table, not a number
+        note = "; ".join([spec.note, *table.attrs.get("notes", ())])
         if fmt == "md":
-            parts.append(f"### {title}\n\n{spec.note}.\n\n" + text.to_markdown(
+            parts.append(f"### {title}\n\n{note}.\n\n" + text.to_markdown(
                 index=False, disable_numparse=True,
                 colalign=["right" if n else "left" for n in numeric]) + "\n")
         else:
-            parts.append(latex_table(text, numeric, f"{title}: {spec.note}."))
+            parts.append(latex_table(text, numeric, f"{title}: {note}."))
     return "\n".join(parts)
 
 

@@ -60,6 +60,22 @@ def unscored_metrics(L: np.ndarray) -> dict[str, str]:
     return out
 
 
+# The note of a table or figure with a cell a run did not score (NaN, printed ``-``).
+NOT_SCORED = "- = not scored (eval.cells=matched)"
+
+
+def missing_note(name: str, runs: list[Run], values) -> str:
+    """Why metric ``name`` is ``-`` where some of ``runs`` (finished) lack it (NaN in ``values``,
+    one per run), as a line for a table's note; "" when every run has it."""
+    lacking = [run for run, value in zip(runs, values) if np.isnan(value)]
+    if not lacking:
+        return ""
+    if all(r.cells == "matched" and name in unscored_metrics(r.loss_matrix.values) for r in lacking):
+        return f"{name}: - for runs with eval.cells=matched, which do not score the cells it reads"
+    why = unscored_metrics(lacking[0].loss_matrix.values).get(name, "its value is NaN")
+    return f"{name}: - where a run lacks it ({lacking[0].run_id}: {why})"
+
+
 @cache
 def _cells_read(name: str, stages: int, domains: int) -> np.ndarray:
     """Which cells of a ``(stages, domains)`` loss matrix metric ``name`` reads: those whose NaN

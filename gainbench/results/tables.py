@@ -4,7 +4,8 @@ Every table is one entry of ``TABLES``: a title, a note that says how to read it
 function from the loaded runs to one or more numeric DataFrames. Adding a table is adding an
 entry. Numbers stay numeric here (the golden tests compare them exactly);
 ``gainbench.results.render`` turns them into Markdown or LaTeX, printing ``mean ± half-width``
-where seeds give an interval and ``-`` for a cell no run could fill (never 0). One run's numbers
+where seeds give an interval and ``-`` for a cell no run could fill (never 0), its reason in the
+frame's ``attrs["notes"]`` when the runs have one (``aggregate.with_notes``). One run's numbers
 come from ``gainbench.results.run_metrics``; the matched comparison from
 ``gainbench.results.fronts``.
 """
@@ -17,50 +18,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from gainbench import metrics
+from gainbench.results.aggregate import CI, aggregate, with_notes
 from gainbench.results.fronts import BUDGET, DEFAULT_TARGETS, matched_comparison, matched_values
-from gainbench.results.intervals import DocumentBootstrap, combine
-from gainbench.results.run_metrics import (RUN_METRICS, diagnostic_by_role, diagnostic_summary,
-                                           downstream_changes, run_metrics)
+from gainbench.results.run_metrics import (NOT_SCORED, RUN_METRICS, diagnostic_by_role,
+                                           diagnostic_summary, downstream_changes, missing_note,
+                                           run_metrics)
 from gainbench.results.runs import Run, Study, load_runs, load_studies
 
-CI = " ±"  # suffix of a column holding the 95% half-width of the column it follows
 # What the ± of the per-method tables covers (gainbench/results/intervals.py).
 COVERS = ("; ± = 95% interval over the validation documents (paired bootstrap) and the seeds "
           "(Student-t) when every run records per-document NLL, over the seeds alone when not "
           "(runs made before gainbench recorded documents), none for one seed")
-
-
-def _index(runs: list[Run]) -> list[str]:
-    # The sequence joins the index only when runs of several sequences are read together.
-    return ["model", "sequence", "method"] if len({r.sequence for r in runs}) > 1 else ["model", "method"]
-
-
-def _aggregate(runs: list[Run], names: list[str]) -> pd.DataFrame:
-    """Mean and 95% half-width of ``run_metrics`` per (model, variant), the interval over the
-    validation documents and the seeds (gainbench.results.intervals); ``seeds`` counts the
-    finished runs (an unfinished one is listed only in the ``runs`` table)."""
-    lines = []
-    for run in runs:
-        line = {"model": run.model, "sequence": run.sequence, "method": run.variant,
-                "seed": run.seed}
-        line.update(run_metrics(run))
-        lines.append(line)
-    frame = pd.DataFrame(lines)
-    index = _index(runs)
-    out = []
-    for key, group in frame.groupby(index, sort=False):
-        line = dict(zip(index, key if isinstance(key, tuple) else (key,)))
-        finished = [runs[i] for i in group.index if runs[i].complete]
-        boot = DocumentBootstrap(finished)
-        line["seeds"] = len(finished)
-        for name in names:
-            # the document replicates of the seed mean, when every run recorded its documents
-            reps = boot.replicates(RUN_METRICS[name]).mean(axis=1) if boot.available else None
-            interval = combine(group[name].to_numpy(), reps)
-            line[name], line[name + CI] = interval.estimate, interval.half_width
-        out.append(line)
-    return pd.DataFrame(out).set_index(index)
 
 
 def trainable_params_table(runs):
@@ -71,15 +39,15 @@ def trainable_params_table(runs):
 
 
 def adaptation_table(runs):
-    return [("", _aggregate(runs, ["in-domain dPPL%", "final PPL (geo-mean)"]))]
+    return [("", aggregate(runs, ["in-domain dPPL%", "final PPL (geo-mean)"]))]
 
 
 def earlier_domains_table(runs):
-    return [("", _aggregate(runs, ["earlier dPPL% vs base", "earlier dPPL% vs just-trained"]))]
+    return [("", aggregate(runs, ["earlier dPPL% vs base", "earlier dPPL% vs just-trained"]))]
 
 
 def transfer_table(runs):
-    return [("", _aggregate(runs, ["BWT (nats)", "FWT (nats)", "forgetting (nats)"]))]
+    return [("", aggregate(runs, ["BWT (nats)", "FWT (nats)", "forgetting (nats)"]))]
 
 
 def downstream_table(runs):
@@ -150,7 +118,7 @@ def ppl_matrix_tables(runs):
         ppl = np.exp(run.loss_matrix)
         ppl.index = [f"{s}: {'base' if s == 0 else run.domains[s - 1]}" for s in ppl.index]
         ppl.index.name = "after stage"
-        out.append((run.run_id, ppl))
+        out.append((run.run_id, with_notes(ppl, [NOT_SCORED if ppl.isna().any(axis=None) else ""])))
     return out
 
 
@@ -322,4 +290,7 @@ def comparison_table(paths=None, runs=None) -> pd.DataFrame:
     runs = sorted(runs, key=lambda r: (r.model, r.method, r.lr, r.variant, r.seed))
     table = pd.DataFrame([run_summary(r) for r in runs])
     last = ["wall time (s)", "run"]
-    return table[[c for c in table.columns if c not in last] + last]
+    finished = [i for i, r in enumerate(runs) if r.complete]   # '-' of the others: stages done
+    notes = [missing_note(name, [runs[i] for i in finished], table.loc[finished, name].to_numpy(float))
+             for name in RUN_METRICS]
+    return with_notes(table[[c for c in table.columns if c not in last] + last], notes)
