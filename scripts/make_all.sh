@@ -3,7 +3,7 @@
 # (no model is run): bash scripts/make_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for study in miniature sweep sweep-v2; do
+for study in miniature sweep; do
   [ -d "results/$study" ] || continue
   python scripts/make_tables.py "results/$study" --out "results/tables/$study"
   python scripts/make_figures.py "results/$study" --out "results/figures/$study"
@@ -12,7 +12,9 @@ for study in miniature sweep sweep-v2; do
 done
 python scripts/make_figures.py results/analyses --out results/figures/analyses
 # the matched comparison at every budget there is (results/matched, results/matched-16, ...):
-# its folders read together, each method's earlier-domain change at matched gain per budget
+# its folders read together, each method's earlier-domain change at matched gain per budget, and
+# each method's front (a searched front has one or a few seeds per learning rate, so no per-run
+# tables or heatmaps: the run folders hold them)
 budgets=()
 for folder in results/matched results/matched-*; do
   if [ -d "$folder" ]; then budgets+=("$folder"); fi
@@ -21,6 +23,6 @@ if [ "${#budgets[@]}" -gt 0 ]; then
   mkdir -p results/tables/matched-budgets
   python scripts/make_tables.py "${budgets[@]}" --tables budget matched --matched-at 2 4 8 \
     > results/tables/matched-budgets/budget_matched_at_2_4_8.md
-  python scripts/make_figures.py "${budgets[@]}" --figures budget --matched-at 2 4 8 \
+  python scripts/make_figures.py "${budgets[@]}" --figures budget tradeoff --matched-at 2 4 8 \
     --out results/figures/matched-budgets
 fi

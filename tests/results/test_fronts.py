@@ -10,7 +10,7 @@ from gainbench.results.fronts import (compare_at, interpolate, interpolation_all
                                       matched_comparison, matched_values, overlap, run_budget,
                                       value_at, verdict)
 from gainbench.results.runs import Run, label_variants
-from tests.results.conftest import planted_change, synthetic_study
+from tests.results.conftest import SYNTHETIC_DOMAINS, planted_change, synthetic_study
 
 
 def test_interpolate_is_linear_inside_the_front_and_refuses_its_ends_and_beyond():
@@ -155,3 +155,27 @@ def test_the_seeds_column_counts_the_seeds_both_methods_ran_not_those_of_one_lea
     table = matched_comparison(runs, reference_method="b", at=7.0)
     assert set(table["seeds"]) == {3}
     assert set(matched_values(runs, at=[7.0])["seeds"]) == {3}
+
+
+def test_a_run_past_the_gain_peak_is_not_on_the_front():
+    # one seed of b also ran at a much higher rate: less gain than its best and a ruined earlier
+    # domain; the comparison must not read it among the points of its gain
+    runs = synthetic_study(np.random.default_rng(0))
+    before = matched_comparison(runs, reference_method="b", at=7.0)
+    wrecked = synthetic_study(np.random.default_rng(1), methods=("a", "b"))
+    extra = next(r for r in wrecked if r.meta["config"]["method"]["name"] == "b"
+                 and r.meta["config"]["method"]["lr"] == 1e-3 and r.meta["config"]["seed"] == 0)
+    extra.meta["config"]["method"]["lr"] = extra.meta["config"]["train"]["lr"] = 1.0
+    extra.meta["run_id"] = "b-1.0-0"
+    extra.rows["run_id"] = "b-1.0-0"
+    # +0.3 nats per token on the earlier domain at the end: the pooled NLL and each document's sum
+    rows = extra.rows
+    final_earlier = (rows["stage"] == 2) & (rows["eval_name"] == SYNTHETIC_DOMAINS[0])
+    rows.loc[final_earlier & (rows["eval_kind"] == "ppl"), "value"] += 0.3
+    per_doc = final_earlier & (rows["eval_kind"] == "ppl_doc")
+    rows.loc[per_doc, "value"] += 0.3 * rows.loc[per_doc, "n"]
+    runs = runs + [extra]
+    label_variants(runs)
+    after = matched_comparison(runs, reference_method="b", at=7.0)
+    assert after["A - B"].tolist() == pytest.approx(before["A - B"].tolist())
+    assert after["points B"].tolist() == before["points B"].tolist()

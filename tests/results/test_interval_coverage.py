@@ -53,12 +53,19 @@ def test_coverage_of_the_matched_comparison_under_a_planted_null_and_effect(monk
     monkeypatch.setattr(intervals, "N_BOOT", 200)
     rng = np.random.default_rng(12345)
     replicates, at = 200, 10.0   # % in-domain gain, mid-front (the fronts span about 5 .. 14%)
-    null_covered, effect_found = 0, 0
+    null_covered, refused, effect_found = 0, 0, 0
     for _ in range(replicates):
         row = _matched(synthetic_study(rng, effect=0.0), at)
+        if np.isnan(row["lo"]):
+            # a seed's noisiest run beaten on every axis by a lower rate leaves the front
+            # (fronts._useful_range), which can end it near the target: no interval, counted
+            # as not covering
+            refused += 1
+            continue
         assert row["covers"] == ("validation documents (paired bootstrap) and 3 seeds (Student-t) "
                                  "and interpolation (allowance)")
         null_covered += row["lo"] <= 0 <= row["hi"]
+    assert refused <= 0.02 * replicates, f"no interval in {refused} of {replicates}"
     for _ in range(20):
         # b forgets domain 1 by +0.15 nats (+16% PPL), about three half-widths of the interval
         row = _matched(synthetic_study(rng, effect=0.15), at)
