@@ -85,8 +85,7 @@ class Perplexity(Evaluator):
         return {"domains": [_validation_identity(d) for d in self.domains],
                 "batch_size": self.batch_size, "stride": self.stride, "context": self.context,
                 "per_document": self.per_document,
-                "sources": _sources(__name__, "gainbench.evaluation.perplexity",
-                                    "gainbench.placement", "gainbench.distributed")}
+                "sources": _sources(*_PERPLEXITY_CODE)}
 
     def __call__(self, model, stage: int | None) -> list[dict]:
         rows = []
@@ -163,7 +162,7 @@ class LmEval(Evaluator):
                 "task_files": _folder_digest(TASKS_DIR),
                 "include_path": lm.include_path and _folder_digest(lm.include_path),
                 "versions": {k: versions[k] for k in ("lm_eval", "datasets")},
-                "sources": _sources(__name__, "gainbench.evaluation.lm_eval_bridge")}
+                "sources": _sources(*_LM_EVAL_CODE)}
 
 
 class ColumnSpan(Evaluator):
@@ -239,5 +238,7 @@ def _folder_digest(folder) -> str:
 
 
 # read at import, beside the code this process runs (see _sources)
-_LOADED = read_sources([__name__, "gainbench.evaluation.perplexity", "gainbench.placement",
-                        "gainbench.distributed", "gainbench.evaluation.lm_eval_bridge"])
+_PERPLEXITY_CODE = (__name__, "gainbench.evaluation.perplexity", "gainbench.placement",
+                    "gainbench.distributed")
+_LM_EVAL_CODE = (__name__, "gainbench.evaluation.lm_eval_bridge")
+_LOADED = read_sources(sorted({*_PERPLEXITY_CODE, *_LM_EVAL_CODE}))
