@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gainbench.results.fronts import BUDGET, DEFAULT_TARGETS, REFERENCES, matched_values, run_budget
+from gainbench.results.fronts import (BUDGET, DEFAULT_TARGETS, REFERENCES, matched_values,
+                                      run_budget, useful_range)
 from gainbench.results.plotting import method_order, method_style, pyplot
 from gainbench.results.run_metrics import run_metrics
 from gainbench.results.runs import SCORING_KEYS, Run, compact_number, display_name, point_variant
@@ -45,6 +46,8 @@ def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
 
 
 def _tradeoff_points(runs: list[Run]) -> pd.DataFrame:
+    """One row per finished run; ``past range`` marks a run the fronts leave out (a lower
+    learning rate of its seed beats it on every axis: ``fronts.useful_range``)."""
     labels = _point_labels(runs)
     lines = []
     for run in runs:
@@ -52,10 +55,11 @@ def _tradeoff_points(runs: list[Run]) -> pd.DataFrame:
         point, reading = labels[run.run_id]
         lines.append({"model": run.model, **dict(zip(BUDGET, run_budget(run))),
                       "method": run.method, "variant": point_variant(run),
-                      "point": point, "reading": reading, "seed": run.seed,
+                      "point": point, "reading": reading, "seed": run.seed, "lr": run.lr,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
-    return pd.DataFrame(lines).dropna(subset=["gain", *REFERENCES])
+    points = pd.DataFrame(lines).dropna(subset=["gain", *REFERENCES])
+    return points.assign(**{"past range": ~points.index.isin(useful_range(points).index)})
 
 
 def _budget_label(tokens, steps, short: bool = False) -> str:
@@ -109,7 +113,9 @@ def tradeoff_scatter(runs: list[Run]):
     its multiple of the method's default lr in a sweep; or the setting its variant differs in).
     Every method has its own marker, baselines open and drawn above GAIN's filled stars, so
     points that coincide stay visible; the legend names a method whose points all coincide
-    with another's."""
+    with another's. A run past its method's useful range (beaten on every axis by a lower
+    learning rate of its seed) is a grey cross of its own, outside the fronts as the matched
+    comparison leaves it out."""
     plt = pyplot()
     points = _tradeoff_points(runs)
     if points.empty:   # no run finished
@@ -118,14 +124,18 @@ def tradeoff_scatter(runs: list[Run]):
     budgets = points.groupby("model")[list(BUDGET)].nunique(dropna=False).max(axis=1)
     for (model, *budget), per_model in points.groupby(["model", *BUDGET], dropna=False):
         where = _budget_label(*budget)
-        means = per_model.groupby(["method", "variant"], as_index=False)[
+        past = per_model[per_model["past range"]]
+        on_front = per_model[~per_model["past range"]]
+        means = on_front.groupby(["method", "variant"], as_index=False)[
             ["gain", "vs base", "vs just-trained"]].mean()
         on_top_of = _coincident(means, ["gain", "vs base", "vs just-trained"])
         methods = sorted(per_model["method"].unique(), key=method_order)
         fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
         for ax, reference in zip(axes, ["vs base", "vs just-trained"]):
             for i, method in enumerate(methods):
-                per_method = per_model[per_model["method"] == method]
+                per_method = on_front[on_front["method"] == method]
+                if per_method.empty:
+                    continue
                 stats = per_method.groupby(["variant", "point"]).agg(
                     x=("gain", "mean"), y=(reference, "mean"),
                     x0=("gain", "min"), x1=("gain", "max"), y0=(reference, "min"),
@@ -149,6 +159,7 @@ def tradeoff_scatter(runs: list[Run]):
                     ax.annotate(point, (row["x"], row["y"]), xytext=(dx, dy),
                                 textcoords="offset points", ha=ha, va=va, fontsize=7,
                                 color=style["color"], zorder=4)
+            _draw_past_range(ax, past, reference)
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xlabel("in-domain gain: -(mean in-domain PPL change) (%)")
             ax.set_ylabel(f"earlier domains, final PPL change {reference} (%)")
@@ -161,12 +172,28 @@ def tradeoff_scatter(runs: list[Run]):
                    title_fontsize=8, bbox_to_anchor=(0.5, -0.02))
         fig.suptitle(f"{model}{f', {where}' if where else ''}: forgetting vs adaptation, one "
                      f"point per method variant; numbers: {_reading(set(per_model['reading']))}\n"
-                     f"(mean over seeds, bars: seed range)", fontsize=11)
+                     f"(mean over seeds, bars: seed range)"
+                     + (f"; grey x: {len(past)} run(s) past the useful range, not on the fronts"
+                        if len(past) else ""), fontsize=11)
         fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(labels) - 1) // 4), 1, 1))
         # one figure per budget: a front never joins points of two budgets
         suffix = f"_{_budget_label(*budget, short=True)}" if budgets[model] > 1 else ""
         out.append((f"tradeoff_{model}{suffix}", fig))
     return out
+
+
+def _draw_past_range(ax, past: pd.DataFrame, reference: str) -> None:
+    """Runs past their method's useful learning rates, each alone (not joined, not averaged
+    into a front point): grey crosses labelled with method, point and seed, so the reader sees
+    what the fronts leave out and why their axes reach that far."""
+    if past.empty:
+        return
+    ax.scatter(past["gain"], past[reference], marker="x", color="grey", s=30, zorder=1,
+               label="past the useful range (left out)")
+    for _, row in past.iterrows():
+        ax.annotate(f"{display_name(row['method'])} {row['point']} s{row['seed']}",
+                    (row["gain"], row[reference]), xytext=(4, -4), textcoords="offset points",
+                    ha="left", va="top", fontsize=6, color="grey")
 
 
 def budget_curves(runs: list[Run], at=None):

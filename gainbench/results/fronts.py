@@ -29,7 +29,7 @@ three sources in its interval (the seed-mean value rather than a paired differen
 figure of that change against the training budget.
 
 A run that a lower learning rate of its seed beats on every axis is past the method's useful
-range and is left out of the front (:func:`_useful_range`).
+range and is left out of the front (:func:`useful_range`).
 
 Methods are compared only within one *budget*: runs of different ``train.tokens_per_stage`` have
 different fronts (:func:`run_budget`; every front and comparison is per model and budget).
@@ -108,10 +108,10 @@ def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
                     reps = boot.replicates(metric)
                     for column, i in enumerate(where):
                         points.at[points.index[i], f"{name} reps"] = reps[:, column]
-    return _useful_range(points)
+    return useful_range(points)
 
 
-def _useful_range(points: pd.DataFrame) -> pd.DataFrame:
+def useful_range(points: pd.DataFrame) -> pd.DataFrame:
     """Each seed's front without the runs past its useful learning rates: a run that a lower
     learning rate of the same seed beats on every axis (more in-domain gain, and less
     earlier-domain change against both references) is left out. Such a run (54x GAIN that

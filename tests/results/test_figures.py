@@ -13,8 +13,10 @@ from gainbench.results import intervals
 from gainbench.results.analysis_figures import per_token_histograms
 from gainbench.results.figures import downstream_per_stage
 from gainbench.results.front_figures import budget_curves, tradeoff_scatter
+from gainbench.results.run_metrics import run_metrics
 from gainbench.results.runs import label_variants, load_runs
-from tests.results.conftest import planted_change, synthetic_study, write_runs
+from tests.results.conftest import (N_DOCS, _synthetic_run, planted_change, synthetic_study,
+                                    write_runs)
 
 pytest.importorskip("matplotlib")
 GOLDEN = Path(__file__).parent / "golden" / "runs"
@@ -183,3 +185,25 @@ def test_budget_table_and_figure_from_two_results_folders(tmp_path, script, caps
     assert "| toy     | vs base          |      10.0 | b        |          16384 |            16 |" in out
     assert "the front does not reach 10%" in out
     assert "|           4096 |             4 | b          | a          |" in out   # matched, per budget
+
+
+def test_a_run_past_the_useful_range_is_a_grey_cross_apart_from_its_front():
+    study = [r for r in _two_budgets(False) if "16384" not in r.run_id]
+    base = np.array([2.0, 2.5])
+    level = np.array([base, base - [0.01, 0.0], base - [0.01 - 0.5, 0.01]])   # gains less, forgets more
+    beaten = _synthetic_run("a", 1.0, 0, np.repeat(level[:, :, None], N_DOCS, axis=2), 4096)
+    runs = study + [beaten]
+    label_variants(runs)
+    (_, fig), = tradeoff_scatter(runs)
+    left = fig.axes[0]
+    front = [ln for ln in left.get_lines() if ln.get_label() == "a"][0]
+    assert _gain(beaten) not in front.get_xdata()              # not on a's front
+    crosses, = [c for c in left.collections if c.get_label().startswith("past the useful range")]
+    assert crosses.get_offsets()[0][0] == pytest.approx(_gain(beaten))
+    assert any(t.get_text().endswith(" s0") for t in left.texts)
+    assert "1 run(s) past the useful range" in fig._suptitle.get_text()
+    assert "past the useful range" not in tradeoff_scatter(study)[0][1]._suptitle.get_text()
+
+
+def _gain(run):
+    return -run_metrics(run)["in-domain dPPL%"]

@@ -58,7 +58,7 @@ def test_coverage_of_the_matched_comparison_under_a_planted_null_and_effect(monk
         row = _matched(synthetic_study(rng, effect=0.0), at)
         if np.isnan(row["lo"]):
             # a seed's noisiest run beaten on every axis by a lower rate leaves the front
-            # (fronts._useful_range), which can end it near the target: no interval, counted
+            # (fronts.useful_range), which can end it near the target: no interval, counted
             # as not covering
             refused += 1
             continue
