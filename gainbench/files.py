@@ -1,9 +1,12 @@
-"""Low-level file helpers shared by the run store, in-stage checkpoints, methods and analyses:
-an atomic write and a lazily read mapping of tensors. They know nothing of runs or stages."""
+"""Low-level file helpers shared by the run store, caches, in-stage checkpoints, methods and
+analyses: an atomic write, the digest that names a cache entry, and a lazily read mapping of
+tensors. They know nothing of runs or stages."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -47,6 +50,12 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def json_digest(value) -> str:
+    """The sha256 (hex) of ``value`` as sorted-key JSON, a value JSON cannot hold written as its
+    ``str``: the key of a cache entry, or of a run id, made from plain settings."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class StageTensors(Mapping):

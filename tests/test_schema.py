@@ -220,7 +220,7 @@ def _command_of(config: dict) -> list[str]:
                                  if tasks == config["eval"]["lm_eval"]["tasks"]))
     if "analysis" in config:
         groups.append(f"analysis={config['analysis']['name']}")
-    if "lr_scale" in config:   # a point of `-m experiment=lr_sweep_cpu`
+    if config.get("lr_scale") is not None:   # a point of `-m experiment=lr_sweep_cpu`
         groups += ["experiment=lr_sweep_cpu", f"lr_scale={config['lr_scale']}"]
     composed = _flatten(to_container(compose_config(groups)))
     stored = _flatten(config)

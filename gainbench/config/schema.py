@@ -73,8 +73,6 @@ Learning-rate bound
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 
@@ -85,6 +83,7 @@ from gainbench.config.fields import (EXECUTION, PRESENTATION, check_fields, chec
 from gainbench.data.domains import DomainSpec
 from gainbench.distributed import STRATEGIES
 from gainbench.errors import GainbenchError
+from gainbench.files import json_digest
 from gainbench.models.loading import ModelSpec
 
 SCHEMA_VERSION = 1
@@ -286,7 +285,7 @@ def run_id(config: GainbenchConfig) -> str:
     payload = identity(config)
     if SCHEMA_VERSION != 1:   # version 1 is the layout the ids had before the schema
         payload["schema_version"] = SCHEMA_VERSION
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    digest = json_digest(payload)
     name = f"{config.model.name}-{config.method.name}-{config.sequence.name}"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + f"-seed{config.seed}-{digest[:8]}"
 

@@ -20,7 +20,7 @@ The key is a SHA-256 of:
 * the block length, the domain's train pool and validation token budgets, and the packing
   rules that change the blocks (validation tokens per document, the near-duplicate screen).
 
-Writes go to a temporary file in the same folder and are renamed into place (``os.replace``):
+Writes go to a temporary file in the same folder and are renamed into place (``atomic_write``):
 concurrent jobs see a whole entry or none. An entry that cannot be read counts as absent and
 is rewritten; a folder that cannot be written (a read-only shared cache) only costs the
 tokenising. The folder can be deleted at any time.
@@ -34,13 +34,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from gainbench.files import atomic_write, json_digest
 from gainbench.paths import cache_dir
 
 ENV_SWITCH = "GAINBENCH_TOKEN_CACHE"
@@ -91,13 +91,13 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
     description.pop("padding", None)     # call-time settings, not the tokenizer
     description.pop("truncation", None)
     identity = {
-        "backend": _sha256(json.dumps(description, sort_keys=True)),
+        "backend": json_digest(description),
         "class": type(tokenizer).__name__,
         "eos_token_id": tokenizer.eos_token_id,
         "clean_up_tokenization_spaces": getattr(tokenizer, "clean_up_tokenization_spaces", None),
         "versions": [tokenizers.__version__, transformers.__version__],
     }
-    fingerprint = _sha256(json.dumps(identity, sort_keys=True))
+    fingerprint = json_digest(identity)
     try:
         _fingerprints[tokenizer] = fingerprint
     except TypeError:  # not weak-referenceable: recompute next time
@@ -133,7 +133,7 @@ def entry_key(tokenizer, spec, train_docs, val_docs, block_len: int, train_token
         "block_len": block_len, "train_tokens": train_tokens, "val_tokens": val_tokens,
         "packing": packing or {},
     }
-    return _sha256(json.dumps(identity, sort_keys=True, default=str))
+    return json_digest(identity)
 
 
 def load(key: str) -> PackedDomain | None:
@@ -174,20 +174,12 @@ def store(key: str, packed: PackedDomain, about: dict) -> None:
     tensors = {"train": _compact(packed.train_blocks), "val": _compact(packed.val_blocks),
                "val_doc_index": _compact(packed.val_doc_index)}
     target = folder()
-    tmp = None
+    data = save(tensors, metadata={"gainbench": json.dumps(meta, sort_keys=True)})
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        data = save(tensors, metadata={"gainbench": json.dumps(meta, sort_keys=True)})
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=target)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, target / f"{key}.safetensors")
+        atomic_write(target / f"{key}.safetensors", lambda tmp: Path(tmp).write_bytes(data))
     except OSError as err:  # read-only or full cache: the run goes on, uncached
         print(f"gainbench: could not write the token cache in {target} ({err}); set "
               f"{ENV_SWITCH}=0 to stop trying", file=sys.stderr)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _compact(blocks: torch.Tensor) -> torch.Tensor:
@@ -196,6 +188,3 @@ def _compact(blocks: torch.Tensor) -> torch.Tensor:
         return blocks.contiguous()
     return blocks.to(torch.int32).contiguous()
 
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -50,7 +50,7 @@ import torch
 
 from gainbench import provenance
 from gainbench.config.fields import identity
-from gainbench.files import atomic_write
+from gainbench.files import atomic_write, json_digest
 
 FORMAT = 1          # bump when an entry's layout, or what its key hashes, changes
 FOLDER = ".base"    # under results_dir, beside the run folders (kept out of git)
@@ -84,7 +84,7 @@ class BaseRows:
             return evaluator(model, stage)
         name = type(evaluator).__name__
         described = {"format": FORMAT, "evaluator": name, "settings": base, **self._shared(model)}
-        key = _sha256(json.dumps(described, sort_keys=True, default=str))
+        key = json_digest(described)
         path = self.folder / f"{key}.json"
         entry = _read(path, key) if path.exists() else None
         if entry is not None:
@@ -141,10 +141,6 @@ def spread(n: int, k: int) -> torch.Tensor:
     return torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 # --- an entry on disk -------------------------------------------------------------------------
 
 def _encoded(row: dict) -> dict:
@@ -161,7 +157,7 @@ def _encoded(row: dict) -> dict:
 
 
 def _rows_digest(encoded: list[dict]) -> str:
-    return _sha256(json.dumps(encoded, sort_keys=True))
+    return json_digest(encoded)
 
 
 def _decoded(row: dict) -> dict:
