@@ -9,8 +9,8 @@ seed and lr_scale itself); methods and seeds default to the experiment's sweep (
 names them). On the first seed each method's lr is bracketed (x or / --factor) and bisected in
 log lr until the in-domain gain is within --tolerance points of each target, or --max-runs runs
 per target are spent (then the nearest point is reported); the other seeds run at the rates found,
-and a seed with no run on one side of a target gets one there (--no-straddle: not), so its front
-is read inside its measured points.
+and a seed with no run on one side of a target (at least --straddle-margin of the target beyond
+it) gets one there (--no-straddle: not), so its front is read inside its measured points.
 Every run is an ordinary run folder under results_dir, so a finished one is read, not run again:
 rerunning the command resumes the search. Prints the table to stdout (progress goes to stderr)
 and writes it as <results_dir>/match_lr-<digest>.json. The search: gainbench/study/search.py;
@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
                    help="highest lr, as a multiple of the method's default (default: %(default)s)")
     p.add_argument("--step", choices=STEPS, default=_RULES.step,
                    help="inside a bracket: log-midpoint or log-linear interpolation (default: %(default)s)")
+    p.add_argument("--straddle-margin", type=float, default=_RULES.straddle_margin,
+                   help="a side of a target counts as measured by a point this fraction of the "
+                        "target beyond it (default: %(default)s)")
     p.add_argument("--no-straddle", action="store_true",
                    help="do not add a run on each side of a target for seeds that lack one")
     p.add_argument("--json", help="where the JSON goes (default: <results_dir>/match_lr-<digest>.json)")
@@ -58,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
 
 def rules_of(args) -> SearchRules:
     return SearchRules(tolerance=args.tolerance, factor=args.factor, min_scale=args.min_scale,
-                       max_scale=args.max_scale, max_runs=args.max_runs, step=args.step)
+                       max_scale=args.max_scale, max_runs=args.max_runs, step=args.step,
+                       straddle_margin=args.straddle_margin)
 
 
 def main(argv=None) -> None:

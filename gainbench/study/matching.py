@@ -5,8 +5,9 @@ For each method: on the first seed, :mod:`gainbench.study.search` brackets and b
 ``lr_scale`` (the multiple of the method's default learning rate that ``experiment=matched`` and
 ``experiment=lr_sweep`` train with) until the run's in-domain gain is within tolerance of each
 target; then the other seeds run at the rates found, and every seed gets, where it lacks one, a
-run on each side of each target, so the fronts (gainbench.results.fronts) read every seed
-strictly inside its measured points.
+run on each side of each target with ``straddle_margin`` (20% of the target) to spare, so the
+fronts (gainbench.results.fronts) read every seed strictly inside its measured points, under
+the document resamples of its interval too.
 
 Every run is an ordinary run folder under the config's ``results_dir`` (``python -m gainbench
 <overrides> method=<m> lr_scale=<s> seed=<n>`` makes the same one): a finished run is read, not
@@ -34,7 +35,7 @@ from pathlib import Path
 from gainbench.errors import GainbenchError, first_line
 from gainbench.files import atomic_write
 from gainbench.study.search import (CLOSEST, DIVERGED, MATCHED, UNREACHABLE, Outcome, SearchRules,
-                                    scale_text, search, straddle_candidates)
+                                    scale_text, search, sides_covered, straddle_candidates)
 
 DEFAULT_TARGETS = (2.0, 4.0, 8.0, 16.0)   # in-domain gains (%) the matched study compares at
 # keys the search sets itself, for every run
@@ -235,14 +236,14 @@ def _run_other_seeds(pool: RunPool, method: str, seeds: Sequence[int], results: 
         for seed in seeds:
             for _ in range(_STRADDLE_ROUNDS):
                 wanted = straddle_candidates(result.target, result.lr_scale, by_seed[seed],
-                                             by_seed[seeds[0]], rules.factor, rules.digits)
+                                             by_seed[seeds[0]], rules.factor, rules.digits,
+                                             rules.straddle_margin)
                 wanted = [s for s in wanted if rules.lowest <= s <= rules.highest]
                 if not wanted:
                     break
                 for scale in wanted:
                     measure(result, seed, scale)
-            finite = [g for g in by_seed[seed].values() if math.isfinite(g)]
-            if not (any(g < result.target for g in finite) and any(g > result.target for g in finite)):
+            if not all(sides_covered(result.target, by_seed[seed], rules.straddle_margin)):
                 result.unstraddled.append(seed)
 
 
@@ -278,8 +279,10 @@ def format_table(match: Match) -> str:
             if r.reason:
                 notes.append(f"{method} at {r.target:g}%: {r.status}: {r.reason}")
             if r.unstraddled:
-                notes.append(f"{method} at {r.target:g}%: seed(s) {r.unstraddled} have no run on "
-                             "one side of the target (a front cannot be read there)")
+                margin = match.rules.straddle_margin
+                notes.append(f"{method} at {r.target:g}%: seed(s) {r.unstraddled} have no run "
+                             f"{margin:.0%} or more beyond the target on one side (a front read "
+                             "there is off the target in many document resamples)")
     table = pd.DataFrame(lines).to_string(index=False) if lines else "(no methods)"
     total = len(match.runs)
     footer = [f"{total} runs used, {match.new_runs} of them run by this call; gain = in-domain "
@@ -317,7 +320,7 @@ def command_line(overrides, targets, seeds, rules: SearchRules, methods, straddl
              "--targets", *(f"{t:g}" for t in targets), "--tolerance", f"{rules.tolerance:g}",
              "--seeds", *map(str, seeds)]
     defaults = SearchRules()
-    for name in ("factor", "max_runs", "step", "min_scale", "max_scale"):
+    for name in ("factor", "max_runs", "step", "min_scale", "max_scale", "straddle_margin"):
         if getattr(rules, name) != getattr(defaults, name):
             value = getattr(rules, name)
             words += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else f"{value:g}"]

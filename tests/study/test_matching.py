@@ -65,7 +65,8 @@ def test_one_run_matches_a_target_bounds_another_and_the_command_resumes(tmp_pat
 
 def test_brackets_up_and_finds_the_gain_saturating(tmp_path):
     overrides = [*TINY, f"results_dir={tmp_path}"]
-    match = match_learning_rates(overrides, ["lora"], [7.5, 12], [0], SearchRules(tolerance=0.25))
+    match = match_learning_rates(overrides, ["lora"], [7.5, 12], [0], SearchRules(tolerance=0.25),
+                                 straddle=False)
     hit, beyond = match.methods["lora"]
     assert (hit.status, hit.lr_scale, hit.runs) == (MATCHED, 4.0, 2)
     assert abs(hit.gains[0] - 7.5) <= 0.25 and hit.lr == pytest.approx(0.04)

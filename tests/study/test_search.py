@@ -8,7 +8,8 @@ import random
 import pytest
 
 from gainbench.study.search import (CLOSEST, DIVERGED, MATCHED, UNREACHABLE, SearchRules, find_scale,
-                                    rounded, scale_text, search, straddle_candidates)
+                                    rounded, scale_text, search, sides_covered,
+                                    straddle_candidates)
 
 
 class Curve:
@@ -174,9 +175,24 @@ def test_straddle_candidates_add_the_missing_side_from_the_searched_seed():
     # this seed measured 2.3 at the found scale: it lacks a point below 2, takes 2.0 then 1.0
     assert straddle_candidates(2, 2.828, {2.828: 2.3}, reference, 4, 4) == [2.0]
     assert straddle_candidates(2, 2.828, {2.828: 2.3, 2.0: 2.05}, reference, 4, 4) == [1.0]
-    # nothing measured above on the searched seed: one factor up
-    assert straddle_candidates(3.5, 4.0, {4.0: 3.2}, reference, 4, 4) == [16.0]
+    # nothing measured above on the searched seed: sqrt(factor) past this seed's highest point
+    assert straddle_candidates(3.5, 4.0, {4.0: 3.2}, reference, 4, 4) == [8.0]
+    assert straddle_candidates(3.5, 4.0, {4.0: 3.2, 8.0: 3.4}, reference, 4, 4) == [16.0]
     assert straddle_candidates(2, 2.828, {2.828: 2.3, 1.0: 1.1}, reference, 4, 4) == []
+
+
+def test_a_side_counts_only_with_the_margin_to_spare():
+    reference = {1.0: 1.0, 2.0: 1.9, 2.828: 2.1, 4.0: 3.0}
+    # 1.9 and 2.1 straddle 2 but within 20% of it: a document resample moves them across
+    assert sides_covered(2, {2.0: 1.9, 2.828: 2.1}) == (True, True)
+    assert sides_covered(2, {2.0: 1.9, 2.828: 2.1}, 0.2) == (False, False)
+    assert straddle_candidates(2, 2.828, {2.0: 1.9, 2.828: 2.1}, reference, 4, 4, 0.2) == [1.0, 4.0]
+    assert straddle_candidates(2, 2.828, {1.0: 1.0, 4.0: 3.0}, reference, 4, 4, 0.2) == []
+    # a diverged point is no side: past the seed's highest finite point instead
+    assert straddle_candidates(2, 2.828, {1.0: 1.0, 2.828: 2.1, 16.0: math.inf}, {}, 4, 4,
+                               0.2) == [5.656]
+    with pytest.raises(ValueError, match="straddle_margin must be in"):
+        SearchRules(straddle_margin=1.0)
 
 
 def test_rules_are_checked():
