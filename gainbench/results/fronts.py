@@ -296,39 +296,50 @@ def _table(lines: list[dict]) -> pd.DataFrame:
     return frame.astype({column: "Int64" for column in BUDGET}) if lines else frame
 
 
+# Beyond every method against LoRA, the pairs the paper's other claims name (v2 abstract): GAIN
+# matches replay-augmented LoRA and dominates EWC.
+CLAIM_PAIRS = (("gain", "replay_lora"), ("gain_ffn", "replay_lora"), ("gain", "ewc"),
+               ("gain_ffn", "ewc"))
+
+
 def matched_comparison(runs: list[Run], reference_method: str | None = None,
                        at: float | None = None) -> pd.DataFrame:
-    """Every method against ``reference_method`` (default: lora if present, else full_ft, else
-    the first) at matched in-domain gain, within each model and budget: at ``at`` if given, else
-    at the middle of the two fronts' common gain range. Both earlier-domain references; one row
-    per model x budget x method x reference."""
+    """Every method against ``reference_method`` at matched in-domain gain, within each model and
+    budget: at ``at`` if given, else at the middle of the two fronts' common gain range. Without
+    ``reference_method``: every method against lora if present (else full_ft, else the first),
+    then the ``CLAIM_PAIRS`` whose two methods both ran. Both earlier-domain references; one row
+    per model x budget x pair x reference."""
     points = front_points(runs, replicates=True)
     lines = []
     for where, per_budget in _budgets(points):
         methods = list(dict.fromkeys(per_budget["method"]))
         ref = reference_method or next((m for m in ("lora", "full_ft") if m in methods), methods[0])
-        if ref not in methods:
-            continue
-        ref_points = per_budget[per_budget["method"] == ref]
-        for method in methods:
-            if method == ref:
-                continue
-            mine = per_budget[per_budget["method"] == method]
-            common = overlap(mine["gain"], ref_points["gain"])
-            for reference in REFERENCES:
-                target = at if at is not None else (np.mean(common) if common else np.nan)
-                row = compare_at(mine, ref_points, reference, target)
-                lines.append({**where, "method A": method, "method B": ref,
-                              "earlier change": reference,
-                              "common gain range": "-" if common is None
-                              else f"{common[0]:.2f} .. {common[1]:.2f}",
-                              "points A": mine["variant"].nunique(),
-                              "points B": ref_points["variant"].nunique(),
-                              # the seeds both ran (the comparison pairs them); a searched
-                              # front has one seed at most of its learning rates
-                              "seeds": len(set(mine["seed"]) & set(ref_points["seed"])),
-                              **row, "reading": verdict(row)})
+        pairs = [(m, ref) for m in methods if m != ref] if ref in methods else []
+        if reference_method is None:
+            pairs += [p for p in CLAIM_PAIRS if set(p) <= set(methods) and p not in pairs]
+        for a, b in pairs:
+            lines += _pair_rows(where, per_budget[per_budget["method"] == a],
+                                per_budget[per_budget["method"] == b], a, b, at)
     return _table(lines)
+
+
+def _pair_rows(where: dict, mine: pd.DataFrame, theirs: pd.DataFrame, a: str, b: str,
+               at: float | None) -> list[dict]:
+    common = overlap(mine["gain"], theirs["gain"])
+    target = at if at is not None else (np.mean(common) if common else np.nan)
+    lines = []
+    for reference in REFERENCES:
+        row = compare_at(mine, theirs, reference, target)
+        lines.append({**where, "method A": a, "method B": b, "earlier change": reference,
+                      "common gain range": "-" if common is None
+                      else f"{common[0]:.2f} .. {common[1]:.2f}",
+                      "points A": mine["variant"].nunique(),
+                      "points B": theirs["variant"].nunique(),
+                      # the seeds both ran (the comparison pairs them); a searched front has
+                      # one seed at most of its learning rates
+                      "seeds": len(set(mine["seed"]) & set(theirs["seed"])),
+                      **row, "reading": verdict(row)})
+    return lines
 
 
 def matched_values(runs: list[Run], at=DEFAULT_TARGETS) -> pd.DataFrame:

@@ -179,3 +179,17 @@ def test_a_run_past_the_gain_peak_is_not_on_the_front():
     after = matched_comparison(runs, reference_method="b", at=7.0)
     assert after["A - B"].tolist() == pytest.approx(before["A - B"].tolist())
     assert after["points B"].tolist() == before["points B"].tolist()
+
+
+def test_by_default_every_method_meets_lora_and_gain_meets_the_baselines_the_paper_names():
+    rng = np.random.default_rng(0)
+    runs = (synthetic_study(rng, methods=("lora", "gain")) + synthetic_study(rng, methods=("replay_lora",))
+            + synthetic_study(rng, methods=("full_ft",)))
+    label_variants(runs)
+    table = matched_comparison(runs, at=7.0)
+    pairs = list(dict.fromkeys(zip(table["method A"], table["method B"])))
+    assert pairs == [("gain", "lora"), ("replay_lora", "lora"), ("full_ft", "lora"),
+                     ("gain", "replay_lora")]      # no EWC and no GAIN-FFN ran: no such pair
+    assert set(table["earlier change"]) == {"vs base", "vs just-trained"}
+    only = matched_comparison(runs, reference_method="full_ft", at=7.0)
+    assert set(only["method B"]) == {"full_ft"} and len(only) == 2 * 3
