@@ -3,7 +3,7 @@
 # (no model is run): bash scripts/make_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for study in miniature sweep; do
+for study in miniature miniature-v2 sweep; do
   [ -d "results/$study" ] || continue
   python scripts/make_tables.py "results/$study" --out "results/tables/$study"
   python scripts/make_figures.py "results/$study" --out "results/figures/$study"
