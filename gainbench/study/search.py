@@ -235,7 +235,8 @@ def straddle_candidates(target: float, found: float, seed_points: dict[float, fl
     resample of the validation documents: for each missing side, the searched seed's
     (``reference``) nearest scale to ``found`` beyond the margin on that side, else one step of
     ``sqrt(factor)`` past this seed's own last finite point on that side (``found`` if none);
-    scales the seed already ran are skipped."""
+    scales the seed already ran are skipped. Above, nothing is proposed once the seed's gain
+    has fallen at a higher rate than its best (saturation: a still higher rate gains less)."""
     finite = {s: g for s, g in seed_points.items() if math.isfinite(g)}
     low, high = target * (1 - margin), target * (1 + margin)
     has_below, has_above = sides_covered(target, seed_points, margin)
@@ -247,7 +248,11 @@ def straddle_candidates(target: float, found: float, seed_points: dict[float, fl
     if not has_above:
         above = [s for s, g in reference.items()
                  if high < g < DIVERGED and s > found and s not in seed_points]
-        wanted.append(min(above) if above else rounded(max([found, *finite]) * step, digits))
+        peak = max(finite, key=finite.get, default=found)
+        if above:
+            wanted.append(min(above))
+        elif peak == max([found, *finite]):   # no higher rate measured less: not saturated
+            wanted.append(rounded(peak * step, digits))
     return [s for s in wanted if s not in seed_points]
 
 

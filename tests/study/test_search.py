@@ -191,6 +191,9 @@ def test_a_side_counts_only_with_the_margin_to_spare():
     # a diverged point is no side: past the seed's highest finite point instead
     assert straddle_candidates(2, 2.828, {1.0: 1.0, 2.828: 2.1, 16.0: math.inf}, {}, 4, 4,
                                0.2) == [5.656]
+    # saturated: a higher rate (64) gained less than the best (30): no rate above is proposed,
+    # only one below 6.4%
+    assert straddle_candidates(8, 30.0, {16.0: 7.6, 30.0: 8.6, 64.0: 7.0}, {}, 4, 4, 0.2) == [8.0]
     with pytest.raises(ValueError, match="straddle_margin must be in"):
         SearchRules(straddle_margin=1.0)
 
