@@ -3,6 +3,10 @@
     python scripts/match_lr.py experiment=matched results_dir=results/matched --targets 2 4 8 16 --tolerance 0.25 --seeds 0 1 2
     python scripts/match_lr.py experiment=matched --methods gain lora_gain_modules --targets 4
     python scripts/match_lr.py experiment=matched train.tokens_per_stage=16384 results_dir=results/matched-16 --step interpolate
+    python scripts/match_lr.py experiment=matched train.tokens_per_stage=16384 results_dir=results/matched-16 --methods lora --start-scale 5
+
+--start-scale saves runs at a larger budget: with 4x the steps, the rate found for a target at
+the smaller budget, over 4, is a guess to start from (the search brackets from it either way).
 
 Arguments with '=' are gainbench overrides (as for python -m gainbench; the search sets method,
 seed and lr_scale itself); methods and seeds default to the experiment's sweep (experiment=matched
@@ -42,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the first is searched; default: the experiment's hydra.sweeper.params.seed")
     p.add_argument("--factor", type=float, default=_RULES.factor,
                    help="bracketing step on the lr (default: %(default)s)")
+    p.add_argument("--start-scale", type=float, default=_RULES.start,
+                   help="the first lr tried on the searched seed, as a multiple of the method's "
+                        "default; the bracketing grid is start x factor**k (default: %(default)s)")
     p.add_argument("--max-runs", type=int, default=_RULES.max_runs,
                    help="runs per target on the searched seed (default: %(default)s)")
     p.add_argument("--min-scale", type=float, default=_RULES.min_scale,
@@ -60,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def rules_of(args) -> SearchRules:
-    return SearchRules(tolerance=args.tolerance, factor=args.factor, min_scale=args.min_scale,
-                       max_scale=args.max_scale, max_runs=args.max_runs, step=args.step,
+    return SearchRules(tolerance=args.tolerance, factor=args.factor, start=args.start_scale,
+                       min_scale=args.min_scale, max_scale=args.max_scale, max_runs=args.max_runs, step=args.step,
                        straddle_margin=args.straddle_margin)
 
 

@@ -320,10 +320,13 @@ def command_line(overrides, targets, seeds, rules: SearchRules, methods, straddl
              "--targets", *(f"{t:g}" for t in targets), "--tolerance", f"{rules.tolerance:g}",
              "--seeds", *map(str, seeds)]
     defaults = SearchRules()
-    for name in ("factor", "max_runs", "step", "min_scale", "max_scale", "straddle_margin"):
+    flags = {"factor": "--factor", "start": "--start-scale", "max_runs": "--max-runs", "step": "--step",
+             "min_scale": "--min-scale", "max_scale": "--max-scale",
+             "straddle_margin": "--straddle-margin"}
+    for name, flag in flags.items():
         if getattr(rules, name) != getattr(defaults, name):
             value = getattr(rules, name)
-            words += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else f"{value:g}"]
+            words += [flag, value if isinstance(value, str) else f"{value:g}"]
     if not straddle:
         words.append("--no-straddle")
     return "python scripts/match_lr.py " + shlex.join(words)

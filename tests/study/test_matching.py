@@ -171,3 +171,12 @@ def test_an_interrupted_search_says_once_how_to_resume(monkeypatch, capsys):
     assert exit_.value.code == 143
     assert capsys.readouterr().err.strip() == ("match_lr: interrupted during stage 2; "
                                                "rerun the same command to resume")
+
+
+def test_the_saved_command_repeats_every_rule_that_is_not_a_default():
+    rules = SearchRules(tolerance=0.5, start=1.5, factor=2.0, max_runs=3, step="interpolate",
+                        min_scale=0.01, max_scale=64.0, straddle_margin=0.1)
+    line = matching.command_line(["experiment=matched"], [4, 8], [0, 1], rules, ["lora"])
+    args = command.parser().parse_intermixed_args(shlex.split(line)[2:])
+    assert command.rules_of(args) == rules and "--start-scale 1.5" in line
+    assert "--start-scale" not in matching.command_line([], [4], [0], SearchRules(), ["lora"])
