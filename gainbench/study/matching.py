@@ -157,10 +157,12 @@ class Match:
     new_runs: int = 0
     json_path: Path | None = None
     straddle: bool = True
+    # the methods asked for: the command names them all while the first is still searched
+    requested: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"command": command_line(self.overrides, self.targets, self.seeds, self.rules,
-                                        list(self.methods), self.straddle),
+                                        self.requested or list(self.methods), self.straddle),
                 "overrides": self.overrides, "targets": self.targets, "seeds": self.seeds,
                 "rules": self.rules.as_dict(),
                 "methods": {m: [t.as_dict() for t in ts] for m, ts in self.methods.items()},
@@ -188,7 +190,8 @@ def match_learning_rates(overrides: Sequence[str], methods: Sequence[str] | None
     json_path = Path(json_path) if json_path else results_dir / f"match_lr-{_digest(overrides, methods)}.json"
     pool = RunPool(overrides, _diverged_from(json_path), say)
     _check_scale_moves_lr(pool, methods, seeds[0])
-    match = Match(overrides, targets, list(seeds), rules, json_path=json_path, straddle=straddle)
+    match = Match(overrides, targets, list(seeds), rules, json_path=json_path, straddle=straddle,
+                  requested=list(methods))
 
     def save():
         match.runs, match.new_runs = list(pool.records.values()), pool.new_runs

@@ -180,3 +180,20 @@ def test_the_saved_command_repeats_every_rule_that_is_not_a_default():
     args = command.parser().parse_intermixed_args(shlex.split(line)[2:])
     assert command.rules_of(args) == rules and "--start-scale 1.5" in line
     assert "--start-scale" not in matching.command_line([], [4], [0], SearchRules(), ["lora"])
+
+
+def test_a_search_stopped_in_its_first_method_saves_the_command_that_resumes_it(tmp_path,
+                                                                                monkeypatch):
+    calls = []
+
+    def first_then_stopped(self, method, seed, scale):
+        calls.append(scale)
+        if len(calls) > 1:
+            raise Interrupted(143, stage=1)
+        return 1.0
+
+    monkeypatch.setattr(RunPool, "gain", first_then_stopped)
+    with pytest.raises(Interrupted):
+        match_learning_rates([*TINY, f"results_dir={tmp_path}"], ["lora", "gain"], [4], [0])
+    saved = json.loads(next(tmp_path.glob("match_lr-*.json")).read_text())
+    assert saved["methods"] == {} and "--methods lora gain --targets 4" in saved["command"]
