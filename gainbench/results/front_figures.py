@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gainbench.results.fronts import (BUDGET, DEFAULT_TARGETS, REFERENCES, matched_values,
-                                      run_budget, useful_range)
+from gainbench.results.fronts import (BUDGET, DEFAULT_TARGETS, REFERENCES, front_points,
+                                      matched_values, run_budget)
 from gainbench.results.plotting import method_order, method_style, pyplot
-from gainbench.results.run_metrics import run_metrics
-from gainbench.results.runs import SCORING_KEYS, Run, compact_number, display_name, point_variant
+from gainbench.results.runs import SCORING_KEYS, Run, compact_number, display_name
 
 
 def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
@@ -46,20 +45,14 @@ def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
 
 
 def _tradeoff_points(runs: list[Run]) -> pd.DataFrame:
-    """One row per finished run; ``past range`` marks a run the fronts leave out (a lower
-    learning rate of its seed beats it on every axis: ``fronts.useful_range``)."""
+    """``fronts.front_points`` with the runs past the useful range kept (``past range``) and
+    each point's label (``point``, ``reading``: ``_point_labels``); runs without an earlier
+    domain have nothing to draw."""
+    points = front_points(runs, past_range=True).dropna(subset=list(REFERENCES))
     labels = _point_labels(runs)
-    lines = []
-    for run in runs:
-        m = run_metrics(run)
-        point, reading = labels[run.run_id]
-        lines.append({"model": run.model, **dict(zip(BUDGET, run_budget(run))),
-                      "method": run.method, "variant": point_variant(run),
-                      "point": point, "reading": reading, "seed": run.seed, "lr": run.lr,
-                      "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
-                      "vs just-trained": m["earlier dPPL% vs just-trained"]})
-    points = pd.DataFrame(lines).dropna(subset=["gain", *REFERENCES])
-    return points.assign(**{"past range": ~points.index.isin(useful_range(points).index)})
+    points["point"] = [labels[run_id][0] for run_id in points["run_id"]]
+    points["reading"] = [labels[run_id][1] for run_id in points["run_id"]]
+    return points
 
 
 def _budget_label(tokens, steps, short: bool = False) -> str:

@@ -77,25 +77,29 @@ def _groups(points: pd.DataFrame, keys: list[str]):
     return points.groupby(keys, dropna=False, sort=True)
 
 
-def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
-    """One row per finished run: model, budget (``BUDGET``), method, variant (``point_variant``:
-    an eval.cells=all and a matched run of one lr are one point, the same numbers), lr, seed, x (gain)
-    and both y's; with ``replicates``, also each run's values under the document bootstrap of
-    the runs of its model and budget (columns ``<name> reps``, an array each, or None when
-    documents cannot be resampled)."""
+def front_points(runs: list[Run], replicates: bool = False,
+                 past_range: bool = False) -> pd.DataFrame:
+    """One row per finished run: run id, model, budget (``BUDGET``), method, variant
+    (``point_variant``: an eval.cells=all and a matched run of one lr are one point, the same
+    numbers), lr, seed, x (gain) and both y's; with ``replicates``, also each run's values under
+    the document bootstrap of the runs of its model and budget (columns ``<name> reps``, an array
+    each, or None when documents cannot be resampled). The runs ``useful_range`` leaves out are
+    dropped, or with ``past_range`` kept and marked in a ``past range`` column (the trade-off
+    figure draws them apart)."""
     lines, finished = [], []
     for run in runs:
         m = run_metrics(run)
         if np.isnan(m["in-domain dPPL%"]):
             continue
         finished.append(run)
-        lines.append({"model": run.model, **dict(zip(BUDGET, run_budget(run))),
+        lines.append({"run_id": run.run_id, "model": run.model,
+                      **dict(zip(BUDGET, run_budget(run))),
                       "method": run.method, "variant": point_variant(run),
                       "lr": run.lr, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
-    points = pd.DataFrame(lines, columns=["model", *BUDGET, "method", "variant", "lr", "seed",
-                                          "gain", *REFERENCES])
+    points = pd.DataFrame(lines, columns=["run_id", "model", *BUDGET, "method", "variant", "lr",
+                                          "seed", "gain", *REFERENCES])
     points = points.astype({column: "Int64" for column in BUDGET})
     if replicates:
         for name in _REPLICATE_METRICS:
@@ -108,6 +112,8 @@ def front_points(runs: list[Run], replicates: bool = False) -> pd.DataFrame:
                     reps = boot.replicates(metric)
                     for column, i in enumerate(where):
                         points.at[points.index[i], f"{name} reps"] = reps[:, column]
+    if past_range:
+        return points.assign(**{"past range": ~points.index.isin(useful_range(points).index)})
     return useful_range(points)
 
 
