@@ -238,7 +238,7 @@ def straddle_candidates(target: float, found: float, seed_points: dict[float, fl
     scales the seed already ran are skipped. Above, nothing is proposed once the seed's gain
     has fallen at a higher rate than its best (saturation: a still higher rate gains less)."""
     finite = {s: g for s, g in seed_points.items() if math.isfinite(g)}
-    low, high = target * (1 - margin), target * (1 + margin)
+    low, high = _margin_bounds(target, margin)
     has_below, has_above = sides_covered(target, seed_points, margin)
     step = math.sqrt(factor)
     wanted = []
@@ -259,9 +259,14 @@ def straddle_candidates(target: float, found: float, seed_points: dict[float, fl
 def sides_covered(target: float, points: dict[float, float], margin: float = 0.0) -> tuple[bool, bool]:
     """Whether ``points`` (scale -> gain) has a finite gain below ``target * (1 - margin)``, and
     one above ``target * (1 + margin)``."""
+    low, high = _margin_bounds(target, margin)
     finite = [g for g in points.values() if math.isfinite(g)]
-    return (any(g < target * (1 - margin) for g in finite),
-            any(g > target * (1 + margin) for g in finite))
+    return any(g < low for g in finite), any(g > high for g in finite)
+
+
+def _margin_bounds(target: float, margin: float) -> tuple[float, float]:
+    """The gains a point must be below, or above, to count as a side of ``target``."""
+    return target * (1 - margin), target * (1 + margin)
 
 
 def _checked(gain: float) -> float:
