@@ -14,11 +14,11 @@ Its interval (gainbench.results.intervals) covers
   interpolates again (so the interpolation moves with the points);
 * the seeds: whole fronts (a seed's points together), the differences paired by seed (a seed
   only one method ran is left out), by Student-t;
-* the interpolation itself, as an allowance on each method's seed-mean front
-  (:func:`interpolation_allowance`): the gap between the straight segment and the parabola
-  through its ends and the next point, counted as one standard deviation (approximate: a
-  curvature estimate, not a bound). It is zero at a measured point, so points measured near the
-  target shrink it.
+* the interpolation itself, as an allowance on each seed's front, averaged over the seeds as
+  the value is (:func:`interpolation_allowance`): the gap between the straight segment and the
+  parabola through its ends and the next point, counted as one standard deviation
+  (approximate: a curvature estimate, not a bound). It is zero at a measured point, so points
+  measured near the target shrink it.
 
 When the runs recorded their documents but most resamples move a front off the target (a target
 near a front's end), there is no interval, and its reason says so: one over the seeds alone
@@ -171,7 +171,8 @@ def interpolation_allowance(x: np.ndarray, y: np.ndarray, at: float) -> float:
     nodes = (left, right, third)
     parabola = sum(ys[i] * np.prod([(at - xs[j]) / (xs[i] - xs[j]) for j in nodes if j != i])
                    for i in nodes)
-    return float(abs(parabola - linear))
+    # a straight front's gap is rounding (1e-16), not curvature: zero, so no allowance is named
+    return 0.0 if np.isclose(parabola, linear, rtol=1e-9, atol=1e-12) else float(abs(parabola - linear))
 
 
 def overlap(x_a, x_b) -> tuple[float, float] | None:
@@ -260,7 +261,7 @@ def _interval(per_seed: np.ndarray, doc_replicates: np.ndarray | None, fronts: l
               reference: str, at: float):
     """``combine`` of a statistic read at ``at`` on ``fronts``: its per-seed values, its document
     replicates and the interpolation allowance of each front it reads."""
-    allowance = sum(interpolation_allowance(*_mean_front(p, reference), at) ** 2 for p in fronts)
+    allowance = sum(_seed_allowance(p, reference, at) ** 2 for p in fronts)
     interval = combine(per_seed, doc_replicates, extra_variance=allowance,
                        extra="interpolation (allowance)", doc_reason="runs without per-document rows")
     if doc_replicates is not None and not interval.covers.startswith("validation documents"):
@@ -271,9 +272,13 @@ def _interval(per_seed: np.ndarray, doc_replicates: np.ndarray | None, fronts: l
     return interval
 
 
-def _mean_front(points: pd.DataFrame, reference: str) -> tuple[np.ndarray, np.ndarray]:
-    means = points.groupby("variant")[["gain", reference]].mean()
-    return means["gain"].to_numpy(), means[reference].to_numpy()
+def _seed_allowance(points: pd.DataFrame, reference: str, at: float) -> float:
+    """The interpolation allowance of a seed mean: the mean over seeds of each seed's front's
+    own allowance at ``at``, as the value is the mean of each seed's reading. (A front of the
+    seed means per learning rate would mix seeds where each ran its own straddling rates, and
+    two of its points of nearly equal gain but different seeds bend its parabola without bound.)"""
+    return float(np.mean([interpolation_allowance(front["gain"], front[reference], at)
+                          for _, front in points.groupby("seed")]))
 
 
 def verdict(row: dict) -> str:

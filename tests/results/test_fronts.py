@@ -114,6 +114,20 @@ def test_one_method_s_value_at_a_gain_reads_its_seeds_fronts_and_says_why_not():
     assert one["reason"] == "one seed and runs without per-document rows"
 
 
+def test_seeds_that_straddled_at_their_own_rates_add_no_interpolation_error_to_straight_fronts():
+    # each seed's front is a straight line (seed 0 at y = x + 0.5, seed 1 at y = x - 0.5), and
+    # each straddled 8% at its own rate: the seed means per rate would put (8.92, 9.42) and (8.93,
+    # 8.43) side by side, a parabola through them bends without bound; per seed there is none
+    rows = [{"variant": v, "seed": s, "gain": x, "vs base": x + (0.5 if s == 0 else -0.5)}
+            for s, points in ((0, (("a", 2.0), ("b", 4.0), ("c", 8.92))),
+                              (1, (("a", 2.0), ("b", 4.0), ("d", 8.93))))
+            for v, x in points]
+    row = value_at(pd.DataFrame(rows), "vs base", at=6.0)
+    assert row["value"] == pytest.approx(6.0)
+    # the seeds alone: standard error 0.5, t with 1 df = 12.706
+    assert row["hi"] - row["value"] == pytest.approx(12.706 * 0.5, rel=1e-3)
+
+
 def _config(tokens=None, seq_len=None, batch_size=None):
     train = {k: v for k, v in dict(tokens_per_stage=tokens, seq_len=seq_len,
                                    batch_size=batch_size).items() if v is not None}
