@@ -239,7 +239,7 @@ def value_at(points: pd.DataFrame, reference: str, at: float) -> dict:
     """One method's earlier-domain change at in-domain gain ``at``: the mean over seeds of each
     seed's front read there (strictly inside its measured points), with a 95% interval over the
     validation documents (the bootstrap's replicates of that seed mean), the seeds (Student-t)
-    and the interpolation allowance of the method's seed-mean front, as :func:`compare_at` for
+    and the interpolation allowance (each seed's, averaged), as :func:`compare_at` for
     one method instead of a difference; ``reason`` says why a value or interval is missing."""
     out = {"at gain": at, "value": np.nan, "lo": np.nan, "hi": np.nan, "covers": "", "reason": ""}
     values, short = _per_seed(points, reference, at)
