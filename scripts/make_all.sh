@@ -20,9 +20,11 @@ for folder in results/matched results/matched-*; do
   if [ -d "$folder" ]; then budgets+=("$folder"); fi
 done
 if [ "${#budgets[@]}" -gt 0 ]; then
+  # generated only: cleared first, so a figure of a budget layout that no longer applies goes
+  rm -rf results/tables/matched-budgets results/figures/matched-budgets
   mkdir -p results/tables/matched-budgets
-  python scripts/make_tables.py "${budgets[@]}" --tables budget matched --matched-at 2 4 8 \
-    > results/tables/matched-budgets/budget_matched_at_2_4_8.md
-  python scripts/make_figures.py "${budgets[@]}" --figures budget tradeoff --matched-at 2 4 8 \
+  python scripts/make_tables.py "${budgets[@]}" --tables budget matched --matched-at 2 4 8 12 \
+    > results/tables/matched-budgets/budget_matched_at_2_4_8_12.md
+  python scripts/make_figures.py "${budgets[@]}" --figures budget tradeoff --matched-at 2 4 8 12 \
     --out results/figures/matched-budgets
 fi
