@@ -172,7 +172,9 @@ def interpolation_allowance(x: np.ndarray, y: np.ndarray, at: float) -> float:
     parabola = sum(ys[i] * np.prod([(at - xs[j]) / (xs[i] - xs[j]) for j in nodes if j != i])
                    for i in nodes)
     # a straight front's gap is rounding (1e-16), not curvature: zero, so no allowance is named
-    return 0.0 if np.isclose(parabola, linear, rtol=1e-9, atol=1e-12) else float(abs(parabola - linear))
+    if np.isclose(parabola, linear, rtol=1e-9, atol=1e-12):
+        return 0.0
+    return float(abs(parabola - linear))
 
 
 def overlap(x_a, x_b) -> tuple[float, float] | None:

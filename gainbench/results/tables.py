@@ -197,7 +197,8 @@ TABLES: dict[str, Table] = {
         "Earlier-domain change at matched in-domain gain",
         "every method (A) against LoRA (B), then GAIN and GAIN-FFN against replay-LoRA and EWC "
         "where they ran (the pairs the paper's claims name); each seed's front (earlier-domain "
-        "change vs in-domain gain over its learning rates) interpolated at the target gain (default: the middle of the common gain range with "
+        "change vs in-domain gain over its learning rates) interpolated at the target gain "
+        "(default: the middle of the common gain range with "
         "method B) strictly inside its measured points, never extrapolated; A - B (mean over "
         "the seeds both ran) < 0 = A keeps earlier domains better; lo/hi = 95% interval over "
         "what the 'covers' column names: validation documents (paired bootstrap), seeds "

@@ -68,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
 
 def rules_of(args) -> SearchRules:
     return SearchRules(tolerance=args.tolerance, factor=args.factor, start=args.start_scale,
-                       min_scale=args.min_scale, max_scale=args.max_scale, max_runs=args.max_runs, step=args.step,
+                       min_scale=args.min_scale, max_scale=args.max_scale,
+                       max_runs=args.max_runs, step=args.step,
                        straddle_margin=args.straddle_margin)
 
 

@@ -323,8 +323,8 @@ def command_line(overrides, targets, seeds, rules: SearchRules, methods, straddl
              "--targets", *(f"{t:g}" for t in targets), "--tolerance", f"{rules.tolerance:g}",
              "--seeds", *map(str, seeds)]
     defaults = SearchRules()
-    flags = {"factor": "--factor", "start": "--start-scale", "max_runs": "--max-runs", "step": "--step",
-             "min_scale": "--min-scale", "max_scale": "--max-scale",
+    flags = {"factor": "--factor", "start": "--start-scale", "max_runs": "--max-runs",
+             "step": "--step", "min_scale": "--min-scale", "max_scale": "--max-scale",
              "straddle_margin": "--straddle-margin"}
     for name, flag in flags.items():
         if getattr(rules, name) != getattr(defaults, name):
