@@ -180,7 +180,12 @@ def match_learning_rates(overrides: Sequence[str], methods: Sequence[str] | None
     say = say or (lambda text: print(text, file=sys.stderr))
     overrides = list(overrides)
     _refuse_own_keys(overrides)
-    base = compose_config(overrides, hydra_node=True)
+    if methods:
+        _check_methods_exist(methods)
+    # composed with the first method named, so that an override of that method's own options
+    # (method.options.lam=1e7 with --methods ewc) composes: the default method has no such key
+    base = compose_config([*overrides, *([f"method={methods[0]}"] if methods else [])],
+                          hydra_node=True)
     methods, seeds = _methods_and_seeds(base, methods, seeds)
     targets = [float(t) for t in targets]
     from gainbench.cli import _offline_when_nothing_needs_the_hub
@@ -369,12 +374,16 @@ def _methods_and_seeds(base, methods, seeds) -> tuple[list[str], list[int]]:
     if not seeds:
         seeds = [int(s) for s in str(params.get("seed", "0")).split(",")]
     methods, seeds = [m.strip() for m in methods], [int(s) for s in seeds]
-    from gainbench.cli import check_group_choices
-
-    check_group_choices([f"method={','.join(methods)}"])
+    _check_methods_exist(methods)
     if len(set(seeds)) != len(seeds) or len(set(methods)) != len(methods):
         raise GainbenchError(f"methods and seeds are listed once each, got {methods} and {seeds}")
     return methods, seeds
+
+
+def _check_methods_exist(methods: Sequence[str]) -> None:
+    from gainbench.cli import check_group_choices
+
+    check_group_choices([f"method={','.join(m.strip() for m in methods)}"])
 
 
 def _check_scale_moves_lr(pool: RunPool, methods: Sequence[str], seed: int) -> None:

@@ -197,3 +197,17 @@ def test_a_search_stopped_in_its_first_method_saves_the_command_that_resumes_it(
         match_learning_rates([*TINY, f"results_dir={tmp_path}"], ["lora", "gain"], [4], [0])
     saved = json.loads(next(tmp_path.glob("match_lr-*.json")).read_text())
     assert saved["methods"] == {} and "--methods lora gain --targets 4" in saved["command"]
+
+
+def test_an_option_of_the_named_method_is_an_override_like_any_other(tmp_path):
+    """``method.options.lam=...`` exists in ewc's config only, not in the default method's: the
+    search composes it with the method named, and the runs carry it (their own front)."""
+    overrides = [*TINY, f"results_dir={tmp_path}", "method.options.lam=1e7"]
+    match = match_learning_rates(overrides, ["ewc"], [3], [0], SearchRules(tolerance=50),
+                                 straddle=False)
+    (run,) = match.runs
+    stored = json.loads((tmp_path / run.run_id / "run.json").read_text())["config"]["method"]
+    assert (stored["name"], stored["options"]["lam"]) == ("ewc", 1e7)
+    assert "method.options.lam=1e7 --methods ewc" in json.loads(match.json_path.read_text())["command"]
+    with pytest.raises(GainbenchError, match="unknown method 'gian'"):
+        match_learning_rates(overrides, ["gian"], [2], [0])
