@@ -13,7 +13,7 @@ import pandas as pd
 from gainbench.results.fronts import (BUDGET, DEFAULT_TARGETS, REFERENCES, front_points,
                                       matched_values, run_budget)
 from gainbench.results.plotting import method_order, method_style, pyplot
-from gainbench.results.runs import SCORING_KEYS, Run, compact_number, display_name
+from gainbench.results.runs import SCORING_KEYS, Run, compact_number, display_variant
 
 
 def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
@@ -24,11 +24,12 @@ def _point_labels(runs: list[Run]) -> dict[str, tuple[str, str]]:
     out = {}
     by_method: dict[tuple, list[Run]] = {}
     for run in runs:   # a figure is drawn per budget: the budget does not tell its points apart
-        by_method.setdefault((run.model, run.method, run_budget(run)), []).append(run)
+        by_method.setdefault((run.model, run.front, run_budget(run)), []).append(run)
     for group in by_method.values():
-        # nor does eval.cells (SCORING_KEYS): it moves no point
+        # nor does eval.cells (SCORING_KEYS): it moves no point; a method option names the front
         keys = {r.run_id: {k: v for k, v in r.variant_keys.items()
-                           if k not in ("tokens_per_stage", *SCORING_KEYS)} for r in group}
+                           if k not in ("tokens_per_stage", *SCORING_KEYS, *r.option_keys)}
+                for r in group}
         defaults = {r.config["method"].get("lr") for r in group}
         default = defaults.pop() if len(defaults) == 1 else None
         lr_only = all(set(keys[r.run_id]) <= {"lr"} for r in group)
@@ -134,9 +135,10 @@ def tradeoff_scatter(runs: list[Run]):
                     x0=("gain", "min"), x1=("gain", "max"), y0=(reference, "min"),
                     y1=(reference, "max")).sort_values("x")
                 reading = per_method["reading"].iloc[0]
-                label = display_name(method) + (f" ({reading})" if reading not in ("", "lr") else "")
+                label = display_variant(method)
+                label += f" ({reading})" if reading not in ("", "lr") else ""
                 if method in on_top_of:
-                    label += f", on {display_name(on_top_of[method])}'s points"
+                    label += f", on {display_variant(on_top_of[method])}'s points"
                 style = method_style(method)
                 ax.plot(stats["x"], stats["y"], label=label,
                         **{**style, "linestyle": "-" if len(stats) > 1 else "none"})
@@ -187,7 +189,7 @@ def _draw_past_range(ax, past: pd.DataFrame, reference: str) -> None:
     ax.scatter(past["gain"], past[reference], marker="x", color="grey", s=30, zorder=1,
                label="past the useful range (left out)")
     for _, row in past.iterrows():
-        ax.annotate(f"{display_name(row['method'])} {row['point']} s{row['seed']}",
+        ax.annotate(f"{display_variant(row['method'])} {row['point']} s{row['seed']}",
                     (row["gain"], row[reference]), xytext=(4, -4), textcoords="offset points",
                     ha="left", va="top", fontsize=6, color="grey")
     ax.set_xlim(xlim)
@@ -229,7 +231,7 @@ def budget_curves(runs: list[Run], at=None):
                     # methods side by side around each budget, so that their bars stay apart
                     x = np.array(budgets, float) * 2 ** (0.07 * (i - (len(methods) - 1) / 2))
                     style = method_style(method)
-                    ax.plot(x, line["value"], label=display_name(method), **style)
+                    ax.plot(x, line["value"], label=display_variant(method), **style)
                     bars = line["lo"].notna().to_numpy()
                     ax.errorbar(x[bars], line["value"][bars], fmt="none", capsize=3,
                                 ecolor=style["color"], elinewidth=1.2, zorder=style["zorder"],
@@ -278,7 +280,7 @@ def _budget_notes(per_model: pd.DataFrame, placed: pd.DataFrame, x_column: str,
     unit = "steps" if x_column == "steps/stage" else "tokens"
 
     def where(row) -> str:
-        return f"{display_name(row['method'])} at {compact_number(int(row[x_column]))} {unit}"
+        return f"{display_variant(row['method'])} at {compact_number(int(row[x_column]))} {unit}"
 
     drawn = placed.dropna(subset=["lo"])
     covers = drawn["covers"].value_counts()
@@ -305,5 +307,5 @@ def _budget_notes(per_model: pd.DataFrame, placed: pd.DataFrame, x_column: str,
                       key=method_order)
     if unplaced:
         lines.append("Left out (runs that did not record train.tokens_per_stage): "
-                     + ", ".join(map(display_name, unplaced)))
+                     + ", ".join(map(display_variant, unplaced)))
     return "\n".join(lines)

@@ -2,10 +2,12 @@
 
 A method's *front*, for one seed, is its curve of earlier-domain change (y, %, negative = better)
 against in-domain gain (x = -mean in-domain dPPL%, positive = adapted) across its learning rates
-(or any other swept hyperparameter). Two methods are compared at a target gain: each seed's
-front is interpolated linearly at the target, strictly inside its measured range (a target at or
-beyond a front's last measured point is refused, with the reason: nothing is extrapolated), and
-the difference is the mean over seeds of A minus the mean over seeds of B.
+(or any other swept training hyperparameter). A method run at two settings of its own options is
+two methods here (``Run.front``: ``ewc (lam=100)``, ``ewc (lam=1e7)``), each with its front.
+Two methods are compared at a target gain: each seed's front is interpolated linearly at the
+target, strictly inside its measured range (a target at or beyond a front's last measured point
+is refused, with the reason: nothing is extrapolated), and the difference is the mean over seeds
+of A minus the mean over seeds of B.
 
 Its interval (gainbench.results.intervals) covers
 
@@ -94,7 +96,7 @@ def front_points(runs: list[Run], replicates: bool = False,
         finished.append(run)
         lines.append({"run_id": run.run_id, "model": run.model,
                       **dict(zip(BUDGET, run_budget(run))),
-                      "method": run.method, "variant": point_variant(run),
+                      "method": run.front, "variant": point_variant(run),
                       "lr": run.lr, "seed": run.seed,
                       "gain": -m["in-domain dPPL%"], "vs base": m["earlier dPPL% vs base"],
                       "vs just-trained": m["earlier dPPL% vs just-trained"]})
@@ -315,6 +317,11 @@ CLAIM_PAIRS = (("gain", "replay_lora"), ("gain_ffn", "replay_lora"), ("gain", "e
                ("gain_ffn", "ewc"))
 
 
+def method_of(front: str) -> str:
+    """The registry name of a front's method: ``ewc (lam=1e7)`` -> ``ewc`` (``Run.front``)."""
+    return front.partition(" (")[0]
+
+
 def matched_comparison(runs: list[Run], reference_method: str | None = None,
                        at: float | None = None) -> pd.DataFrame:
     """Every method against ``reference_method`` at matched in-domain gain, within each model and
@@ -328,8 +335,9 @@ def matched_comparison(runs: list[Run], reference_method: str | None = None,
         methods = list(dict.fromkeys(per_budget["method"]))
         ref = reference_method or next((m for m in ("lora", "full_ft") if m in methods), methods[0])
         pairs = [(m, ref) for m in methods if m != ref] if ref in methods else []
-        if reference_method is None:
-            pairs += [p for p in CLAIM_PAIRS if set(p) <= set(methods) and p not in pairs]
+        if reference_method is None:   # a claim's method run at two options: each is a front
+            pairs += [(a, b) for claim in CLAIM_PAIRS for a in methods for b in methods
+                      if (method_of(a), method_of(b)) == claim and (a, b) not in pairs]
         for a, b in pairs:
             lines += _pair_rows(where, per_budget[per_budget["method"] == a],
                                 per_budget[per_budget["method"] == b], a, b, at)

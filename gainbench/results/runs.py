@@ -67,6 +67,16 @@ class Run:
     # the training keys this run's variant differs in from its model and method's other runs,
     # short key -> short value (``label_variants``): {"lr": "0.003"}
     variant_keys: dict[str, str] = field(default_factory=dict)
+    # the part of ``variant_keys`` that is the method's own options (``method.options.*``): runs
+    # that differ in them are different methods to compare, each with its own front
+    option_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def front(self) -> str:
+        """The method as a front names it: ``ewc``, or ``ewc (lam=1e7)`` beside ``ewc (lam=100)``
+        where runs of one method differ in its options; the learning rate, the seed and the
+        budget are points and panels of a front, not another one."""
+        return _variant_label(self.method, self.option_keys)
 
     @property
     def label(self) -> str:
@@ -288,13 +298,17 @@ def label_variants(runs: list[Run]) -> None:
                  for k in differing}
         for i, run in enumerate(group):
             parts: dict[str, str] = {}
+            options: dict[str, str] = {}
             for key in differing:
                 short_key = key.rsplit(".", 1)[-1]
                 value = shown[key][i] if key in flats[i] else "-"
                 if parts.get(short_key) == value:   # train.lr mirrors method.lr
                     continue
-                parts[short_key if short_key not in parts else key] = value
-            run.variant_keys = parts
+                named = short_key if short_key not in parts else key
+                parts[named] = value
+                if key.startswith("method.options."):
+                    options[named] = value
+            run.variant_keys, run.option_keys = parts, options
             run.variant = _variant_label(run.method, parts)
 
 

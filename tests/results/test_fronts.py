@@ -207,3 +207,34 @@ def test_by_default_every_method_meets_lora_and_gain_meets_the_baselines_the_pap
     assert set(table["earlier change"]) == {"vs base", "vs just-trained"}
     only = matched_comparison(runs, reference_method="full_ft", at=7.0)
     assert set(only["method B"]) == {"full_ft"} and len(only) == 2 * 3
+
+
+def _with_option(runs: list[Run], **options) -> list[Run]:
+    tag = "-".join(f"{k}{v}" for k, v in options.items())
+    for run in runs:
+        run.meta["config"]["method"]["options"] = dict(options)
+        run.meta["run_id"] = f"{run.run_id}-{tag}"
+    return runs
+
+
+def test_a_method_run_at_two_settings_of_its_own_options_is_two_fronts():
+    # EWC at a penalty too weak to matter forgets as GAIN does (0.4), at a strong one less (0.1):
+    # read as one front they would mix; each setting is its own method to compare
+    rng = np.random.default_rng(0)
+    exact = dict(doc_sd=0.0, seed_sd=0.0)
+    runs = (synthetic_study(rng, methods=("gain",), **exact)
+            + _with_option(synthetic_study(rng, methods=("ewc",), **exact), lam=100.0)
+            + _with_option(synthetic_study(rng, methods=("ewc",), forget=0.1, **exact), lam=1e7))
+    label_variants(runs)
+    assert {r.front for r in runs} == {"gain", "ewc (lam=100)", "ewc (lam=1e7)"}
+    values = matched_values(runs, at=[7.0])
+    trained = values[values["earlier change"] == "vs just-trained"].set_index("method")["value"]
+    assert trained["ewc (lam=100)"] == pytest.approx(trained["gain"], abs=1e-9)
+    assert trained["ewc (lam=1e7)"] == pytest.approx(planted_change(7.0, "vs just-trained", 0.1),
+                                                     abs=0.05)
+    # the claim "GAIN dominates EWC" meets each setting
+    table = matched_comparison(runs, at=7.0)
+    assert {("gain", "ewc (lam=100)"), ("gain", "ewc (lam=1e7)")} <= set(zip(table["method A"],
+                                                                              table["method B"]))
+    # a learning rate is a point of a front, not another front
+    assert {r.front for r in synthetic_study(rng, methods=("lora",))} == {"lora"}
