@@ -45,7 +45,7 @@ import pandas as pd
 from gainbench import metrics
 from gainbench.results.intervals import DocumentBootstrap, Interval, combine
 from gainbench.results.run_metrics import run_metrics
-from gainbench.results.runs import Run, point_variant
+from gainbench.results.runs import Run, method_of, point_variant
 
 REFERENCES = ("vs base", "vs just-trained")
 # The columns that name a run's budget (run_budget): every front is read within one.
@@ -315,11 +315,6 @@ def _table(lines: list[dict]) -> pd.DataFrame:
 # matches replay-augmented LoRA and dominates EWC.
 CLAIM_PAIRS = (("gain", "replay_lora"), ("gain_ffn", "replay_lora"), ("gain", "ewc"),
                ("gain_ffn", "ewc"))
-
-
-def method_of(front: str) -> str:
-    """The registry name of a front's method: ``ewc (lam=1e7)`` -> ``ewc`` (``Run.front``)."""
-    return front.partition(" (")[0]
 
 
 def matched_comparison(runs: list[Run], reference_method: str | None = None,

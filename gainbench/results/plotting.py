@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gainbench.results.runs import method_of
+
 GAIN_METHODS = ("gain", "gain_ffn")
 
 
@@ -32,12 +34,20 @@ _MARKERS = {"gain": "*", "gain_ffn": "*", "lora": "o", "full_ft": "s", "ia3": "D
 
 
 def method_order(method: str) -> tuple:
-    """Sort key for methods in legends and panels: ``METHOD_ORDER`` first, others by name."""
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Sort key for methods in legends and panels: ``METHOD_ORDER`` first, others by name; a
+    front of a method at other options (``ewc (lam=1e7)``) beside its method."""
+    base = method_of(method)
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def method_color(method: str) -> str:
-    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method))
+    """A method's colour; a front of it at other options (``ewc (lam=1e7)``) keeps its marker
+    and takes another colour, never the method's own."""
+    base = method_of(method)
+    known = base in METHOD_ORDER
+    index = METHOD_ORDER.index(base) if known else len(METHOD_ORDER) + sum(map(ord, base))
+    if method != base:
+        index += 1 + sum(map(ord, method)) % 9
     return f"C{index % 10}"
 
 
@@ -46,10 +56,10 @@ def method_style(method: str) -> dict:
     its own open marker drawn above them, so a baseline whose points coincide with another
     method's (ia3 is GAIN's scaling through PEFT) still shows as a ring around it. Keyword
     arguments for ``plot`` / ``errorbar``."""
-    color = method_color(method)
-    if method in GAIN_METHODS:
+    color, base = method_color(method), method_of(method)
+    if base in GAIN_METHODS:
         return {"marker": "*", "markersize": 14, "linewidth": 2.2, "zorder": 2, "color": color}
-    return {"marker": _MARKERS.get(method, "o"), "markersize": 9, "linewidth": 1.2, "zorder": 3,
+    return {"marker": _MARKERS.get(base, "o"), "markersize": 9, "linewidth": 1.2, "zorder": 3,
             "color": color, "markerfacecolor": "none", "markeredgewidth": 1.6}
 
 

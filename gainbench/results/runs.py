@@ -58,6 +58,11 @@ def display_variant(variant: str) -> str:
     return display_name(method) + sep + rest
 
 
+def method_of(variant: str) -> str:
+    """The registry name in a variant label or a front: ``ewc (lam=1e7)`` -> ``ewc``."""
+    return str(variant).partition(" (")[0]
+
+
 @dataclass
 class Run:
     path: Path | None           # the run folder; None for a run made in memory (tests, fronts)

@@ -207,3 +207,14 @@ def test_a_run_past_the_useful_range_is_a_grey_cross_apart_from_its_front():
 
 def _gain(run):
     return -run_metrics(run)["in-domain dPPL%"]
+
+
+def test_a_front_at_other_options_keeps_its_method_s_marker_in_a_colour_of_its_own():
+    from gainbench.results.plotting import method_order, method_style
+
+    plain, weak, strong = (method_style(m) for m in ("ewc", "ewc (lam=100)", "ewc (lam=1e7)"))
+    assert plain["marker"] == weak["marker"] == strong["marker"] == ">"
+    assert len({plain["color"], weak["color"], strong["color"]}) == 3
+    assert method_style("gain_ffn (decay_to_one=1)")["marker"] == "*"
+    assert sorted(["lora_all", "ewc (lam=1e7)", "lora"], key=method_order) == [
+        "lora", "ewc (lam=1e7)", "lora_all"]
