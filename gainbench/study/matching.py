@@ -366,15 +366,15 @@ def _methods_and_seeds(base, methods, seeds) -> tuple[list[str], list[int]]:
     """The methods and seeds asked for, else the experiment's sweep (``base`` is the config
     composed with its ``hydra`` node)."""
     params = base.hydra.sweeper.get("params") or {}
-    if not methods:
+    if not methods:   # methods named were checked before the config was composed with one
         if "method" not in params:
             raise GainbenchError("name the methods (--methods gain lora ...) or use an experiment "
                                  "that sweeps them (experiment=matched)")
         methods = str(params["method"]).split(",")
+        _check_methods_exist(methods)
     if not seeds:
         seeds = [int(s) for s in str(params.get("seed", "0")).split(",")]
     methods, seeds = [m.strip() for m in methods], [int(s) for s in seeds]
-    _check_methods_exist(methods)
     if len(set(seeds)) != len(seeds) or len(set(methods)) != len(methods):
         raise GainbenchError(f"methods and seeds are listed once each, got {methods} and {seeds}")
     return methods, seeds
