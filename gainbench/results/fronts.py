@@ -322,14 +322,15 @@ def matched_comparison(runs: list[Run], reference_method: str | None = None,
     """Every method against ``reference_method`` at matched in-domain gain, within each model and
     budget: at ``at`` if given, else at the middle of the two fronts' common gain range. Without
     ``reference_method``: every method against lora if present (else full_ft, else the first),
-    then the ``CLAIM_PAIRS`` whose two methods both ran. Both earlier-domain references; one row
-    per model x budget x pair x reference."""
+    then the ``CLAIM_PAIRS`` whose two methods both ran. A reference run at two settings of its
+    own options (``lora (r=4)``, ``lora (r=16)``) is two fronts, and every other method meets
+    each. Both earlier-domain references; one row per model x budget x pair x reference."""
     points = front_points(runs, replicates=True)
     lines = []
     for where, per_budget in _budgets(points):
         methods = list(dict.fromkeys(per_budget["method"]))
-        ref = reference_method or next((m for m in ("lora", "full_ft") if m in methods), methods[0])
-        pairs = [(m, ref) for m in methods if m != ref] if ref in methods else []
+        refs = _reference_fronts(methods, reference_method)
+        pairs = [(m, ref) for ref in refs for m in methods if m not in refs]
         if reference_method is None:   # a claim's method run at two options: each is a front
             pairs += [(a, b) for claim in CLAIM_PAIRS for a in methods for b in methods
                       if (method_of(a), method_of(b)) == claim and (a, b) not in pairs]
@@ -337,6 +338,17 @@ def matched_comparison(runs: list[Run], reference_method: str | None = None,
             lines += _pair_rows(where, per_budget[per_budget["method"] == a],
                                 per_budget[per_budget["method"] == b], a, b, at)
     return _table(lines)
+
+
+def _reference_fronts(fronts: list[str], reference_method: str | None) -> list[str]:
+    """The fronts every other one is compared with: those of ``reference_method`` (a method or
+    one front of it), else of lora, else of full_ft, else the first front."""
+    if reference_method is not None:
+        return [f for f in fronts if reference_method in (f, method_of(f))]
+    for method in ("lora", "full_ft"):
+        if mine := [f for f in fronts if method_of(f) == method]:
+            return mine
+    return fronts[:1]
 
 
 def _pair_rows(where: dict, mine: pd.DataFrame, theirs: pd.DataFrame, a: str, b: str,

@@ -238,3 +238,25 @@ def test_a_method_run_at_two_settings_of_its_own_options_is_two_fronts():
                                                                               table["method B"]))
     # a learning rate is a point of a front, not another front
     assert {r.front for r in synthetic_study(rng, methods=("lora",))} == {"lora"}
+
+
+def test_a_reference_run_at_two_settings_of_its_own_options_is_met_at_each():
+    # LoRA at two ranks is two reference fronts: GAIN is compared with each, never with neither
+    rng = np.random.default_rng(0)
+    exact = dict(doc_sd=0.0, seed_sd=0.0)
+    runs = (synthetic_study(rng, methods=("gain",), **exact)
+            + _with_option(synthetic_study(rng, methods=("lora",), **exact), r=4)
+            + _with_option(synthetic_study(rng, methods=("lora",), forget=0.1, **exact), r=16))
+    label_variants(runs)
+    table = matched_comparison(runs, at=7.0)
+    assert list(dict.fromkeys(zip(table["method A"], table["method B"]))) == [
+        ("gain", "lora (r=4)"), ("gain", "lora (r=16)")]
+    trained = table[table["earlier change"] == "vs just-trained"].set_index("method B")["A - B"]
+    assert trained["lora (r=4)"] == pytest.approx(0.0, abs=1e-9)
+    assert trained["lora (r=16)"] == pytest.approx(
+        planted_change(7.0, "vs just-trained", 0.4) - planted_change(7.0, "vs just-trained", 0.1),
+        abs=0.05)
+    # one of its fronts named is the reference alone
+    only = matched_comparison(runs, reference_method="lora (r=16)", at=7.0)
+    assert set(zip(only["method A"], only["method B"])) == {("gain", "lora (r=16)"),
+                                                            ("lora (r=4)", "lora (r=16)")}
