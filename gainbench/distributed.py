@@ -118,10 +118,11 @@ def _export_submitit_ranks() -> None:
 
 
 def close(ranks: Ranks) -> None:
-    """Tear the group down after success (every rank gets here). The barrier first: a rank that
-    destroys the group while a peer's last collective is still in flight can abort the process
-    (gloo; once in a full test suite on 2 busy cores, the benchmark's fsdp rank 0 with
-    "terminate called without an active exception")."""
+    """Tear the group down after success (every rank gets here). The barrier first, the usual
+    teardown order: no rank destroys the group while a peer's last collective is in flight. It
+    did not stop the one abort seen here (gloo, the sharding benchmark's fsdp rank 0,
+    "terminate called without an active exception", twice in full suites on 2 busy cores, also
+    with the barrier): not root-caused."""
     if ranks.world_size > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

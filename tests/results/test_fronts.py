@@ -217,15 +217,23 @@ def _with_option(runs: list[Run], **options) -> list[Run]:
     return runs
 
 
-def test_a_method_run_at_two_settings_of_its_own_options_is_two_fronts():
-    # EWC at a penalty too weak to matter forgets as GAIN does (0.4), at a strong one less (0.1):
-    # read as one front they would mix; each setting is its own method to compare
+def _gain_beside_two_settings(method: str, key: str, weak, strong) -> list[Run]:
+    """Exact (no document or seed noise), labelled runs of gain and of ``method`` at two values
+    of its option ``key``: at ``weak`` it forgets as gain does (0.4), at ``strong`` less (0.1)."""
     rng = np.random.default_rng(0)
     exact = dict(doc_sd=0.0, seed_sd=0.0)
     runs = (synthetic_study(rng, methods=("gain",), **exact)
-            + _with_option(synthetic_study(rng, methods=("ewc",), **exact), lam=100.0)
-            + _with_option(synthetic_study(rng, methods=("ewc",), forget=0.1, **exact), lam=1e7))
+            + _with_option(synthetic_study(rng, methods=(method,), **exact), **{key: weak})
+            + _with_option(synthetic_study(rng, methods=(method,), forget=0.1, **exact),
+                           **{key: strong}))
     label_variants(runs)
+    return runs
+
+
+def test_a_method_run_at_two_settings_of_its_own_options_is_two_fronts():
+    # EWC at a penalty too weak to matter forgets as GAIN does (0.4), at a strong one less (0.1):
+    # read as one front they would mix; each setting is its own method to compare
+    runs = _gain_beside_two_settings("ewc", "lam", 100.0, 1e7)
     assert {r.front for r in runs} == {"gain", "ewc (lam=100)", "ewc (lam=1e7)"}
     values = matched_values(runs, at=[7.0])
     trained = values[values["earlier change"] == "vs just-trained"].set_index("method")["value"]
@@ -237,17 +245,12 @@ def test_a_method_run_at_two_settings_of_its_own_options_is_two_fronts():
     assert {("gain", "ewc (lam=100)"), ("gain", "ewc (lam=1e7)")} <= set(zip(table["method A"],
                                                                               table["method B"]))
     # a learning rate is a point of a front, not another front
-    assert {r.front for r in synthetic_study(rng, methods=("lora",))} == {"lora"}
+    assert {r.front for r in synthetic_study(np.random.default_rng(1), methods=("lora",))} == {"lora"}
 
 
 def test_a_reference_run_at_two_settings_of_its_own_options_is_met_at_each():
     # LoRA at two ranks is two reference fronts: GAIN is compared with each, never with neither
-    rng = np.random.default_rng(0)
-    exact = dict(doc_sd=0.0, seed_sd=0.0)
-    runs = (synthetic_study(rng, methods=("gain",), **exact)
-            + _with_option(synthetic_study(rng, methods=("lora",), **exact), r=4)
-            + _with_option(synthetic_study(rng, methods=("lora",), forget=0.1, **exact), r=16))
-    label_variants(runs)
+    runs = _gain_beside_two_settings("lora", "r", 4, 16)
     table = matched_comparison(runs, at=7.0)
     assert list(dict.fromkeys(zip(table["method A"], table["method B"]))) == [
         ("gain", "lora (r=4)"), ("gain", "lora (r=16)")]
