@@ -18,6 +18,7 @@ Writes sharding_memory.json/.csv.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -88,21 +89,34 @@ def worker(args) -> None:
     for each in ranks.gather([row]):  # one printer: two ranks' lines would interleave
         if ranks.is_main:
             print("ROW " + json.dumps(each), flush=True)
-    del trained, optimizer  # a live DDP reducer holds the process group
+    # Nothing that holds the process group (the DDP reducer, FSDP's state, the DTensors' mesh)
+    # outlives it, and the worker ends without interpreter finalisation: rank 0 of
+    # fsdp_sharded_weights twice aborted at exit in full suites on busy cores ("terminate called
+    # without an active exception", after its rows were due). The likely cause (not reproduced
+    # in ~140 isolated tries) is a gloo thread dropping a tensor's Python object while Python
+    # 3.11 finalises, which ends that thread mid-C++. PYTHONFAULTHANDLER (``launch``) prints
+    # every thread's stack if an abort comes before this point.
+    del trained, optimizer, adapted, model, params
+    gc.collect()
     close(ranks)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(strategy: str, method: str, args) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1), "PYTHONFAULTHANDLER": "1"}
     me = [str(Path(__file__).resolve()), "--worker", "--strategy", strategy, "--method", method,
           "--model", args.model, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
           "--steps", str(args.steps)]
     cmd = ([sys.executable, *me] if strategy == "single" else
            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *me])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
     if done.returncode:
-        raise SystemExit(f"{strategy}/{method} failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        raise SystemExit(f"{strategy}/{method} failed (exit {done.returncode}, after {len(rows)} "
+                         f"of its rows):\n{done.stderr[-3000:]}")
+    return rows
 
 
 def main():

@@ -119,10 +119,9 @@ def _export_submitit_ranks() -> None:
 
 def close(ranks: Ranks) -> None:
     """Tear the group down after success (every rank gets here). The barrier first, the usual
-    teardown order: no rank destroys the group while a peer's last collective is in flight. It
-    did not stop the one abort seen here (gloo, the sharding benchmark's fsdp rank 0,
-    "terminate called without an active exception", twice in full suites on 2 busy cores, also
-    with the barrier): not root-caused."""
+    teardown order: no rank destroys the group while a peer's last collective is in flight.
+    Objects that hold the group (a DDP reducer, FSDP state) should be freed before: see the end
+    of benchmarks/sharding_memory.py's worker for an abort at exit seen with them alive."""
     if ranks.world_size > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
